@@ -1,0 +1,155 @@
+import { z } from 'zod';
+import { LimitExceededError, ValidationError } from '../errors.ts';
+import { parsePropertyBag } from './property-bag.ts';
+import { parseD2CTopic } from './topic.ts';
+
+/**
+ * What the ingest IoT rule writes to the ingest stream for each D2C publish. The SQL that
+ * produces it lives in `lib/ingest.ts`; the two must agree, and the infra tests check they do.
+ */
+export const IngestRecordSchema = z.object({
+  /** Raw payload, base64 (`encode(*, 'base64')`), so binary bodies survive. May be absent for empty payloads. */
+  body: z.string().optional(),
+  /** `topic()` */
+  topic: z.string(),
+  /** `clientid()`: the authenticated connection's client id, which the hub binds to the device id. */
+  clientId: z.string(),
+  /** `principal()` */
+  principal: z.string().optional(),
+  /** `timestamp()`: epoch millis at which the front door took the message. */
+  enqueuedTime: z.number(),
+  /** `newuuid()`: stamped once per publish so every copy of a redelivered record keeps one id. */
+  ingestId: z.string().min(1),
+});
+/** A decoded ingest-stream record. */
+export type IngestRecord = z.infer<typeof IngestRecordSchema>;
+
+/** Version of {@link D2CEnvelope}; bumped only with a documented migration. */
+export const ENVELOPE_VERSION = 1;
+
+/**
+ * One D2C message on the built-in endpoint (and every custom endpoint). Documented in
+ * `docs/envelope.md`. `body` is JSON when the content type is JSON and the encoding UTF-8 and it
+ * parses; otherwise the raw bytes in base64 (`bodyEncoding` says which).
+ */
+export interface D2CEnvelope {
+  readonly version: typeof ENVELOPE_VERSION;
+  readonly messageId: string;
+  readonly deviceId: string;
+  readonly enqueuedTime: string;
+  readonly systemProperties: Readonly<Record<string, string>>;
+  readonly properties: Readonly<Record<string, string>>;
+  readonly bodyEncoding: 'json' | 'base64';
+  readonly body: unknown;
+}
+
+/** Limits that apply while building an envelope. */
+export interface EnvelopeLimits {
+  /** Largest body in bytes (IoT Hub: 256 KB). */
+  readonly maxMessageBytes: number;
+}
+
+/** A record whose device id (from the connection) and topic disagree: a spoofing attempt. */
+export class DeviceIdMismatchError extends ValidationError {
+  constructor(clientId: string, topicDeviceId: string) {
+    super(
+      'DeviceIdMismatch',
+      `client '${clientId}' published on the topic of device '${topicDeviceId}'; a device may publish only under its own id`,
+      { clientId, topicDeviceId },
+    );
+  }
+}
+
+const JSON_CONTENT_TYPE = /^application\/json\s*(;|$)/i;
+
+function isUtf8(encoding: string | undefined): boolean {
+  return encoding === undefined || /^utf-?8$/i.test(encoding);
+}
+
+function authMethod(principal: string | undefined): string {
+  // The principal is `{type}:{id}` as the front door's authenticate step sets it (see local/broker.ts
+  // and the custom authorizer); IoT Hub reports the method as a small JSON document.
+  const type = principal?.split(':', 1)[0] || 'none';
+  return JSON.stringify({ scope: 'device', type, issuer: 'iothub', acceptingIpFilterRule: null });
+}
+
+/**
+ * Turns one ingest record into the versioned envelope. The device id comes from the connection
+ * (`clientId`), and must equal the id in the topic; the message id is the device's `$.mid`, or
+ * the ingest id stamped by the rule.
+ *
+ * @throws InvalidTopicError, InvalidPropertyBagError, DeviceIdMismatchError, LimitExceededError
+ */
+export function buildEnvelope(record: IngestRecord, limits: EnvelopeLimits): D2CEnvelope {
+  const topic = parseD2CTopic(record.topic);
+  if (topic.deviceId !== record.clientId) throw new DeviceIdMismatchError(record.clientId, topic.deviceId);
+  const bag = parsePropertyBag(topic.propertyBag);
+  const bytes = Buffer.from(record.body ?? '', 'base64');
+  if (bytes.length > limits.maxMessageBytes) {
+    throw new LimitExceededError(
+      'MessageTooLarge',
+      `message body is ${bytes.length} bytes; the limit is ${limits.maxMessageBytes}`,
+      { size: bytes.length, limit: limits.maxMessageBytes },
+    );
+  }
+  const enqueuedTime = new Date(record.enqueuedTime).toISOString();
+  const messageId = bag.system['message-id'] || record.ingestId;
+  const systemProperties: Record<string, string> = {
+    ...bag.system,
+    'message-id': messageId,
+    'iothub-connection-device-id': topic.deviceId,
+    'iothub-connection-auth-method': authMethod(record.principal),
+    'iothub-enqueuedtime': enqueuedTime,
+    'iothub-message-source': 'Telemetry',
+  };
+  let bodyEncoding: 'json' | 'base64' = 'base64';
+  let body: unknown = bytes.toString('base64');
+  const contentType = bag.system['content-type'];
+  if (
+    contentType !== undefined &&
+    JSON_CONTENT_TYPE.test(contentType) &&
+    isUtf8(bag.system['content-encoding'])
+  ) {
+    try {
+      body = JSON.parse(bytes.toString('utf8'));
+      bodyEncoding = 'json';
+    } catch {
+      // A body that claims JSON but is not stays base64: nothing is lost, and routing sees no $body.
+    }
+  }
+  return {
+    version: ENVELOPE_VERSION,
+    messageId,
+    deviceId: topic.deviceId,
+    enqueuedTime,
+    systemProperties,
+    properties: bag.application,
+    bodyEncoding,
+    body,
+  };
+}
+
+/** Decodes an envelope read from an endpoint, checking its version. For consumers and tests. */
+export function decodeEnvelope(data: Uint8Array | string): D2CEnvelope {
+  const text = typeof data === 'string' ? data : Buffer.from(data).toString('utf8');
+  const value: unknown = JSON.parse(text);
+  const parsed = EnvelopeSchema.safeParse(value);
+  if (!parsed.success) {
+    throw new ValidationError(
+      'InvalidEnvelope',
+      `not a version ${ENVELOPE_VERSION} envelope: ${parsed.error.message}`,
+    );
+  }
+  return parsed.data as D2CEnvelope;
+}
+
+const EnvelopeSchema = z.object({
+  version: z.literal(ENVELOPE_VERSION),
+  messageId: z.string(),
+  deviceId: z.string(),
+  enqueuedTime: z.string(),
+  systemProperties: z.record(z.string(), z.string()),
+  properties: z.record(z.string(), z.string()),
+  bodyEncoding: z.enum(['json', 'base64']),
+  body: z.unknown(),
+});

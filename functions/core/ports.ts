@@ -1,0 +1,45 @@
+/** Narrow ports the core speaks to. Adapters in `functions/adapters/` implement them. */
+
+/** A record to write to a stream, keyed so one device's records share a shard. */
+export interface StreamEntry {
+  readonly partitionKey: string;
+  readonly data: Uint8Array;
+}
+
+/**
+ * A stream that takes batches (Kinesis PutRecords). The result says, per entry and in order,
+ * whether it was written. A rejected whole call throws.
+ */
+export interface StreamSink {
+  put(entries: readonly StreamEntry[]): Promise<readonly boolean[]>;
+}
+
+/** A message the hub could not deliver or could not accept, kept for an operator to read and replay. */
+export interface DeadLetter {
+  /** Device the message came from, or `unknown` when it cannot be told. */
+  readonly deviceId: string;
+  /** Stable id: the message's ingest id, else the source record's sequence number. Rewrites are idempotent. */
+  readonly id: string;
+  /** Where it failed, e.g. `router`. */
+  readonly source: string;
+  /** Stable error code, e.g. `InvalidPropertyBag`. */
+  readonly code: string;
+  /** Human-readable reason. */
+  readonly reason: string;
+  /** ISO time the dead letter was written. */
+  readonly at: string;
+  /** The original record, base64, so it can be replayed unchanged. */
+  readonly record: string;
+}
+
+/** Where dead letters go. `put` is idempotent per (deviceId, id). */
+export interface DeadLetterStore {
+  put(letters: readonly DeadLetter[]): Promise<void>;
+}
+
+/** Structured logging; adapters bind it to Powertools Logger. */
+export interface Log {
+  info(message: string, context?: Record<string, unknown>): void;
+  warn(message: string, context?: Record<string, unknown>): void;
+  error(message: string, context?: Record<string, unknown>): void;
+}

@@ -1,0 +1,70 @@
+import { z } from 'zod';
+
+/** The built-in endpoint's capacity: on-demand, or a fixed number of shards. */
+const BuiltInEndpointSchema = z
+  .object({
+    /** Days the built-in endpoint keeps records, 1–365. IoT Hub's default is 1. */
+    retentionDays: z.number().int().min(1).max(365).default(1),
+    /** `on-demand` (pay per use, scales itself) or `provisioned` with `shardCount`. */
+    mode: z.enum(['on-demand', 'provisioned']).default('on-demand'),
+    /** Shards when `mode` is `provisioned`, 1–500. */
+    shardCount: z.number().int().min(1).max(500).optional(),
+  })
+  .strict()
+  .superRefine((value, ctx) => {
+    if (value.mode === 'provisioned' && value.shardCount === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['shardCount'], message: 'required when mode is provisioned' });
+    }
+    if (value.mode === 'on-demand' && value.shardCount !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['shardCount'],
+        message: 'only allowed when mode is provisioned',
+      });
+    }
+  });
+
+/** The whole hub's configuration, as `cdk.json` context key `hub` or props from code. */
+export const HubConfigSchema = z
+  .object({
+    /** Shown in envelopes and enrichments; not a physical resource name. */
+    hubName: z
+      .string()
+      .regex(/^[a-zA-Z0-9-]{3,50}$/, '3-50 letters, digits or hyphens')
+      .default('serverless-iot-hub'),
+    builtInEndpoint: BuiltInEndpointSchema.default({ retentionDays: 1, mode: 'on-demand' }),
+    /** Largest D2C body in bytes. IoT Hub allows 256 KB; AWS IoT Core itself caps MQTT payloads at 128 KB. */
+    maxMessageBytes: z
+      .number()
+      .int()
+      .min(1)
+      .max(256 * 1024)
+      .default(256 * 1024),
+    /** MQTT topic filter of the ingest rule. Change it only with the device topic scheme. */
+    d2cTopicFilter: z.string().min(1).default('devices/+/messages/events/#'),
+  })
+  .strict();
+
+/** Validated hub configuration. */
+export type HubConfig = z.infer<typeof HubConfigSchema>;
+/** What a user may write: every field optional, defaults filled in by {@link parseHubConfig}. */
+export type HubConfigInput = z.input<typeof HubConfigSchema>;
+
+/** Raised for a bad configuration, naming every bad field. */
+export class HubConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'HubConfigError';
+  }
+}
+
+/**
+ * Validates raw configuration (from `cdk.json` context or code) and fills defaults.
+ * @throws HubConfigError listing each bad field by its path, e.g. `hub.builtInEndpoint.retentionDays`.
+ */
+export function parseHubConfig(raw: unknown): HubConfig {
+  const result = HubConfigSchema.safeParse(raw ?? {});
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((i) => `hub.${i.path.join('.')}: ${i.message}`);
+  throw new HubConfigError(`invalid hub configuration:\n  ${problems.join('\n  ')}`);
+}

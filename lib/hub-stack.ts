@@ -1,0 +1,39 @@
+import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
+import type { Construct } from 'constructs';
+import { BuiltInEndpoint } from './built-in-endpoint.ts';
+import type { HubConfig } from './config.ts';
+import { D2CPipeline } from './d2c-pipeline.ts';
+import { HubTable } from './tables.ts';
+
+/** Props of {@link HubStack}. */
+export interface HubStackProps extends StackProps {
+  /** Validated configuration (see `parseHubConfig`). */
+  readonly config: HubConfig;
+}
+
+/** The whole hub in one stack. */
+export class HubStack extends Stack {
+  readonly builtInEndpoint: BuiltInEndpoint;
+  readonly registry: HubTable;
+  readonly ledger: HubTable;
+  readonly deadLetters: HubTable;
+  readonly d2c: D2CPipeline;
+
+  constructor(scope: Construct, id: string, props: HubStackProps) {
+    super(scope, id, props);
+    const { config } = props;
+    this.builtInEndpoint = new BuiltInEndpoint(this, 'BuiltInEndpoint', { config: config.builtInEndpoint });
+    // Stateful: these construct ids are a contract (renaming replaces the table).
+    this.registry = new HubTable(this, 'Registry');
+    this.ledger = new HubTable(this, 'Ledger', { indexes: ['gsi1'] });
+    this.deadLetters = new HubTable(this, 'DeadLetters');
+    this.d2c = new D2CPipeline(this, 'D2C', {
+      config,
+      builtInEndpoint: this.builtInEndpoint.stream,
+      deadLetters: this.deadLetters.table,
+    });
+
+    new CfnOutput(this, 'BuiltInEndpointStreamName', { value: this.builtInEndpoint.stream.streamName });
+    new CfnOutput(this, 'DeadLetterTableName', { value: this.deadLetters.table.tableName });
+  }
+}
