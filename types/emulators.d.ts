@@ -27,3 +27,9 @@ declare module 'kinesalite' {
   function kinesalite(options?: KinesaliteOptions): Server;
   export default kinesalite;
 }
+
+declare module 'aedes-persistence-level' {
+  import type { Level } from 'level';
+  function aedesPersistenceLevel(db: Level<string, unknown>): unknown;
+  export default aedesPersistenceLevel;
+}

@@ -1,0 +1,233 @@
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { type AddressInfo, createServer as createNetServer, type Server as NetServer } from 'node:net';
+import * as path from 'node:path';
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
+import { Aedes, type AuthenticateError, type Client, type PublishPacket, type Subscription } from 'aedes';
+import aedesPersistenceLevel from 'aedes-persistence-level';
+import { Level } from 'level';
+import { createWebSocketStream, WebSocketServer } from 'ws';
+import type { ServerCertificate } from './tls.ts';
+
+/** Who a connected client is, as the authenticate step established it. */
+export interface Identity {
+  /** The device id: the only id the client may publish or subscribe under. */
+  readonly deviceId: string;
+  /** `{authType}:{deviceId}`, reported as `principal()` to the rules. */
+  readonly principal: string;
+}
+
+/** Decides who may connect. Issue-level auth (registry, SAS, X.509) plugs in here. */
+export interface Authenticator {
+  authenticate(input: {
+    clientId: string;
+    username: string | undefined;
+    password: Buffer | undefined;
+  }): Promise<Identity>;
+}
+
+/** A refused connection, with the MQTT 3.1.1 CONNACK return code to send. */
+export class ConnectionRefusedError extends Error {
+  constructor(
+    readonly returnCode: 1 | 2 | 3 | 4 | 5,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ConnectionRefusedError';
+  }
+}
+
+/**
+ * Before a registry exists every client id is its own device id; the id must still be usable as
+ * a topic level. Replaced by the registry authenticator.
+ */
+export const openAuthenticator: Authenticator = {
+  async authenticate({ clientId }) {
+    if (clientId === '' || /[/+#]/.test(clientId)) {
+      throw new ConnectionRefusedError(
+        2,
+        `client id '${clientId}' cannot be a device id (empty or has / + #)`,
+      );
+    }
+    return { deviceId: clientId, principal: `none:${clientId}` };
+  },
+};
+
+/** Options of {@link startBroker}. */
+export interface BrokerOptions {
+  readonly dataDir: string;
+  readonly host: string;
+  readonly ports: { readonly mqtt: number; readonly mqtts: number; readonly ws: number };
+  readonly certificate: ServerCertificate;
+  readonly maxMessageBytes: number;
+  readonly authenticator: Authenticator;
+  /**
+   * Called for each device publish after authorization and before the PUBACK: rules run here, so
+   * an acknowledged message is already durable. A rejection disconnects the client without PUBACK.
+   */
+  readonly ingest: (input: { topic: string; payload: Buffer; identity: Identity }) => Promise<void>;
+  readonly log: (line: string) => void;
+}
+
+/** The running front door. */
+export interface RunningBroker {
+  readonly broker: Aedes;
+  readonly ports: { readonly mqtt: number; readonly mqtts: number; readonly ws: number };
+  /** Publishes as the hub (data plane, C2D delivery): no rules, no authorization. */
+  publish(topic: string, payload: Buffer, qos: 0 | 1): Promise<void>;
+  /** Disconnects a device's live connection, if any. */
+  disconnect(deviceId: string): void;
+  close(): Promise<void>;
+}
+
+/** Topic families a device may publish to, each bound to its own id. */
+export function mayPublish(deviceId: string, topic: string): string | undefined {
+  const own = `devices/${deviceId}/`;
+  if (topic.startsWith(own)) return undefined;
+  if (topic.startsWith(`$aws/things/${deviceId}/shadow/`)) return undefined;
+  const ingest = /^\$aws\/rules\/[^/]+\/(.*)$/.exec(topic);
+  if (ingest?.[1]?.startsWith(own)) return undefined;
+  return `device '${deviceId}' may publish only under 'devices/${deviceId}/' or its own shadow topics, not '${topic}'`;
+}
+
+/** Topic filters a device may subscribe to: only its own. */
+export function maySubscribe(deviceId: string, filter: string): string | undefined {
+  if (filter.startsWith(`devices/${deviceId}/`) || filter === `devices/${deviceId}/#`) return undefined;
+  if (filter.startsWith(`$aws/things/${deviceId}/shadow/`)) return undefined;
+  return `device '${deviceId}' may subscribe only under 'devices/${deviceId}/' or its own shadow topics, not '${filter}'`;
+}
+
+function listen(server: NetServer | TlsServer | HttpServer, host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve((server.address() as AddressInfo).port));
+  });
+}
+
+/**
+ * Starts aedes with persistent sessions (LevelDB under `dataDir/broker`) on plain TCP, TLS and
+ * WebSocket listeners. Policy lives in the hooks: who connects (authenticator), what a device may
+ * publish and subscribe to (its own topics), and the size limit. Refusals are logged with the
+ * reason; the broker stays up.
+ */
+export async function startBroker(options: BrokerOptions): Promise<RunningBroker> {
+  const { log } = options;
+  const identities = new WeakMap<Client, Identity>();
+  const db = new Level<string, unknown>(path.join(options.dataDir, 'broker'), { valueEncoding: 'view' });
+  // Per-device chains keep the ingest of one device's publishes in the order they arrived.
+  const chains = new Map<string, Promise<void>>();
+
+  const broker = await Aedes.createBroker({
+    persistence: aedesPersistenceLevel(db),
+    authenticate: (client, username, password, done) => {
+      options.authenticator
+        .authenticate({ clientId: client.id, username, password: password ?? undefined })
+        .then((identity) => {
+          if (identity.deviceId !== client.id) {
+            throw new ConnectionRefusedError(
+              2,
+              `client id '${client.id}' must equal the device id '${identity.deviceId}'`,
+            );
+          }
+          identities.set(client, identity);
+          done(null, true);
+        })
+        .catch((error: unknown) => {
+          const returnCode = error instanceof ConnectionRefusedError ? error.returnCode : 3;
+          log(`connect refused: client '${client.id}': ${(error as Error).message}`);
+          const refusal = Object.assign(new Error((error as Error).message), {
+            returnCode,
+          }) as AuthenticateError;
+          done(refusal, false);
+        });
+    },
+    authorizePublish: (client, packet: PublishPacket, done) => {
+      const identity = client ? identities.get(client) : undefined;
+      if (!client || !identity) return done(new Error('publish from an unauthenticated client'));
+      const denied = mayPublish(identity.deviceId, packet.topic);
+      if (denied) {
+        log(`publish refused, disconnecting: ${denied}`);
+        return done(new Error(denied));
+      }
+      const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+      if (payload.length > options.maxMessageBytes) {
+        const reason = `device '${identity.deviceId}' sent ${payload.length} bytes on '${packet.topic}'; the limit is ${options.maxMessageBytes}`;
+        log(`publish refused, disconnecting: ${reason}`);
+        return done(new Error(reason));
+      }
+      const previous = chains.get(identity.deviceId) ?? Promise.resolve();
+      const next = previous.then(() => options.ingest({ topic: packet.topic, payload, identity }));
+      const tail = next.catch(() => undefined);
+      chains.set(identity.deviceId, tail);
+      void tail.then(() => {
+        if (chains.get(identity.deviceId) === tail) chains.delete(identity.deviceId);
+      });
+      next.then(
+        () => done(null),
+        (error: unknown) => {
+          log(`publish not accepted, disconnecting so the device retries: ${(error as Error).message}`);
+          done(error as Error);
+        },
+      );
+    },
+    authorizeSubscribe: (client, sub: Subscription, done) => {
+      const identity = client ? identities.get(client) : undefined;
+      const denied = identity ? maySubscribe(identity.deviceId, sub.topic) : 'unauthenticated client';
+      if (denied) {
+        log(`subscribe refused: ${denied}`);
+        return done(null, null);
+      }
+      done(null, sub);
+    },
+  });
+  broker.on('clientError', (client, error) => log(`client '${client.id}' error: ${error.message}`));
+
+  const tcp = createNetServer(broker.handle);
+  const tls = createTlsServer(
+    { key: options.certificate.key, cert: options.certificate.cert },
+    broker.handle,
+  );
+  const http = createHttpServer((_req, res) => {
+    res
+      .writeHead(426, { 'content-type': 'text/plain' })
+      .end('MQTT over WebSocket: connect with a WebSocket client\n');
+  });
+  const wss = new WebSocketServer({ server: http, path: '/mqtt' });
+  wss.on('connection', (socket, req) => {
+    broker.handle(createWebSocketStream(socket) as unknown as Parameters<typeof broker.handle>[0], req);
+  });
+  const ports = {
+    mqtt: await listen(tcp, options.host, options.ports.mqtt),
+    mqtts: await listen(tls, options.host, options.ports.mqtts),
+    ws: await listen(http, options.host, options.ports.ws),
+  };
+
+  return {
+    broker,
+    ports,
+    publish: (topic, payload, qos) =>
+      new Promise((resolve, reject) => {
+        broker.publish(
+          { cmd: 'publish', topic, payload, qos, retain: false, dup: false } as PublishPacket,
+          (error?: Error | null) => (error ? reject(error) : resolve()),
+        );
+      }),
+    disconnect: (deviceId) => {
+      const client = (broker as unknown as { clients: Record<string, Client> }).clients[deviceId];
+      client?.close();
+    },
+    close: async () => {
+      for (const c of wss.clients) c.terminate();
+      await Promise.all(
+        [tcp, tls, http].map(
+          (s) =>
+            new Promise<void>((resolve) => {
+              s.close(() => resolve());
+              if ('closeAllConnections' in s) s.closeAllConnections();
+            }),
+        ),
+      );
+      await new Promise<void>((resolve) => broker.close(() => resolve()));
+      await db.close();
+    },
+  };
+}

@@ -1,0 +1,235 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { PROJECT_ROOT } from '../lib/hub-function.ts';
+import { type Authenticator, openAuthenticator, type RunningBroker, startBroker } from './broker.ts';
+import { CheckpointStore } from './checkpoints.ts';
+import { startDataPlane } from './data-plane.ts';
+import {
+  ensureStreams,
+  ensureTables,
+  LOCAL_CREDENTIALS,
+  LOCAL_REGION,
+  localDynamoClient,
+  localKinesisClient,
+  startDynamo,
+  startKinesis,
+} from './emulators.ts';
+import { KinesisMapping } from './kinesis-mapping.ts';
+import { LambdaRunner } from './lambda-runner.ts';
+import { RulesEngine } from './rules-engine.ts';
+import { type CfnTemplate, type LocalModel, readTemplate } from './template.ts';
+import { serverCertificate } from './tls.ts';
+
+/** Ports of the local hub; 0 picks a free one. */
+export interface LocalHubPorts {
+  readonly mqtt: number;
+  readonly mqtts: number;
+  readonly ws: number;
+  readonly dynamodb: number;
+  readonly kinesis: number;
+  readonly dataPlane: number;
+}
+
+/** The ports a new user gets, as IoT tooling expects them. */
+export const DEFAULT_PORTS: LocalHubPorts = {
+  mqtt: 1883,
+  mqtts: 8883,
+  ws: 8083,
+  dynamodb: 8000,
+  kinesis: 4567,
+  dataPlane: 8090,
+};
+
+/** Options of {@link startLocalHub}. */
+export interface LocalHubOptions {
+  /** The synthesized stack to run (see `synthHubTemplate`). */
+  readonly template: CfnTemplate;
+  /** Everything the hub keeps lives here; a restart on the same directory loses nothing. */
+  readonly dataDir: string;
+  /** @default '127.0.0.1' */
+  readonly host?: string;
+  /** @default DEFAULT_PORTS */
+  readonly ports?: Partial<LocalHubPorts>;
+  /** Largest D2C payload the front door takes. */
+  readonly maxMessageBytes: number;
+  /** @default openAuthenticator (every client id is a device) */
+  readonly authenticator?: Authenticator;
+  /** @default console.log with a timestamp */
+  readonly log?: (line: string) => void;
+}
+
+/** Where everything listens, as written to `dataDir/endpoints.json`. */
+export interface LocalHubEndpoints {
+  readonly mqtt: string;
+  readonly mqtts: string;
+  readonly ws: string;
+  readonly dynamodb: string;
+  readonly kinesis: string;
+  readonly dataPlane: string;
+  readonly caCertificate: string;
+  readonly region: string;
+  readonly builtInStream: string;
+  readonly deadLetterTable: string;
+  readonly dataDir: string;
+}
+
+/** A running local hub. */
+export interface LocalHub {
+  readonly endpoints: LocalHubEndpoints;
+  readonly model: LocalModel;
+  readonly broker: RunningBroker;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the whole hub on this machine from a synthesized template: DynamoDB and Kinesis
+ * emulators, the MQTT front door, the rules engine, the functions with their event source
+ * mappings and schedules, and the IoT data plane.
+ */
+export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub> {
+  const host = options.host ?? '127.0.0.1';
+  const ports = { ...DEFAULT_PORTS, ...options.ports };
+  const log = options.log ?? ((line: string) => console.log(`${new Date().toISOString()} ${line}`));
+  const dataDir = path.resolve(options.dataDir);
+  mkdirSync(dataDir, { recursive: true });
+  const model = readTemplate(options.template, 'hub');
+  const closers: (() => Promise<void>)[] = [];
+  const close = async () => {
+    for (const c of closers.reverse()) await c().catch((e: unknown) => log(`shutdown: ${String(e)}`));
+  };
+
+  try {
+    const dynamo = await startDynamo(dataDir, host, ports.dynamodb);
+    closers.push(() => dynamo.close());
+    const kinesisServer = await startKinesis(dataDir, host, ports.kinesis);
+    closers.push(() => kinesisServer.close());
+    const dynamoClient = localDynamoClient(dynamo.url);
+    const kinesis = localKinesisClient(kinesisServer.url);
+    closers.push(async () => {
+      dynamoClient.destroy();
+      kinesis.destroy();
+    });
+    await ensureTables(dynamoClient, model.tables);
+    await ensureStreams(kinesis, model.streams);
+
+    // The data plane must be listening before functions can be given its URL.
+    let brokerRef: RunningBroker | undefined;
+    let rulesRef: RulesEngine | undefined;
+    const dataPlane = await startDataPlane(host, ports.dataPlane, {
+      maxMessageBytes: options.maxMessageBytes,
+      log,
+      publish: async (topic, payload, qos) => {
+        await rulesRef?.ingest({ topic, payload, clientId: '', principal: 'dataplane' });
+        await brokerRef?.publish(topic, payload, qos);
+      },
+    });
+    closers.push(() => dataPlane.close());
+
+    const runner = new LambdaRunner(
+      model.functions,
+      PROJECT_ROOT,
+      {
+        PATH: process.env.PATH ?? '',
+        AWS_REGION: LOCAL_REGION,
+        AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: LOCAL_CREDENTIALS.secretAccessKey,
+        AWS_ENDPOINT_URL_DYNAMODB: dynamo.url,
+        AWS_ENDPOINT_URL_KINESIS: kinesisServer.url,
+        AWS_ENDPOINT_URL_IOT_DATA_PLANE: dataPlane.url,
+        AWS_XRAY_CONTEXT_MISSING: 'IGNORE_ERROR',
+        POWERTOOLS_LOG_LEVEL: process.env.HUB_FUNCTION_LOG_LEVEL ?? 'WARN',
+      },
+      log,
+    );
+    closers.push(() => runner.close());
+
+    const rules = new RulesEngine(model.rules, {
+      kinesis,
+      dynamo: dynamoClient,
+      log,
+      invokeAsync: (fn, event) => {
+        // Lambda's asynchronous invocation: two retries, then the error is logged.
+        const attempt = (n: number): void => {
+          runner.invoke(fn, event).catch((error: unknown) => {
+            if (n < 2) setTimeout(() => attempt(n + 1), 1000 * (n + 1));
+            else log(`async invoke of ${fn} failed after retries: ${String(error)}`);
+          });
+        };
+        attempt(0);
+      },
+      republish: async (topic, payload, qos) => brokerRef?.publish(topic, payload, qos === 1 ? 1 : 0),
+    });
+    rulesRef = rules;
+
+    const certificate = await serverCertificate(dataDir);
+    const broker = await startBroker({
+      dataDir,
+      host,
+      ports,
+      certificate,
+      maxMessageBytes: options.maxMessageBytes,
+      authenticator: options.authenticator ?? openAuthenticator,
+      log,
+      ingest: async ({ topic, payload, identity }) => {
+        await rules.ingest({ topic, payload, clientId: identity.deviceId, principal: identity.principal });
+      },
+    });
+    brokerRef = broker;
+    closers.push(() => broker.close());
+
+    const checkpoints = new CheckpointStore(dataDir);
+    for (const mapping of model.kinesisMappings) {
+      const stream = model.streams.find((s) => s.name === mapping.streamName);
+      if (!stream) throw new Error(`mapping ${mapping.logicalId} reads unknown stream ${mapping.streamName}`);
+      const m = new KinesisMapping(mapping, stream, {
+        kinesis,
+        checkpoints,
+        dataDir,
+        log,
+        invoke: (fn, event) => runner.invoke(fn, event),
+      });
+      await m.start();
+      closers.push(() => m.stop());
+    }
+
+    for (const schedule of model.schedules) {
+      const timer = setInterval(() => {
+        for (const fn of schedule.functionLogicalIds) {
+          const event = {
+            version: '0',
+            id: crypto.randomUUID(),
+            'detail-type': 'Scheduled Event',
+            source: 'aws.events',
+            time: new Date().toISOString(),
+            region: LOCAL_REGION,
+            resources: [schedule.logicalId],
+            detail: {},
+          };
+          runner
+            .invoke(fn, event)
+            .catch((error: unknown) => log(`schedule ${schedule.logicalId}: ${String(error)}`));
+        }
+      }, schedule.everyMs);
+      closers.push(async () => clearInterval(timer));
+    }
+
+    const endpoints: LocalHubEndpoints = {
+      mqtt: `mqtt://${host}:${broker.ports.mqtt}`,
+      mqtts: `mqtts://${host}:${broker.ports.mqtts}`,
+      ws: `ws://${host}:${broker.ports.ws}/mqtt`,
+      dynamodb: dynamo.url,
+      kinesis: kinesisServer.url,
+      dataPlane: dataPlane.url,
+      caCertificate: certificate.certPath,
+      region: LOCAL_REGION,
+      builtInStream: model.outputs.BuiltInEndpointStreamName ?? '',
+      deadLetterTable: model.outputs.DeadLetterTableName ?? '',
+      dataDir,
+    };
+    writeFileSync(path.join(dataDir, 'endpoints.json'), `${JSON.stringify(endpoints, null, 2)}\n`);
+    return { endpoints, model, broker, close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
+}

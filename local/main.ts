@@ -1,0 +1,126 @@
+import { readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { parseHubConfig } from '../lib/config.ts';
+import { PROJECT_ROOT } from '../lib/hub-function.ts';
+import { DEFAULT_PORTS, type LocalHubPorts, startLocalHub } from './hub.ts';
+import { synthHubTemplate } from './synth.ts';
+import type { CfnTemplate } from './template.ts';
+
+// `npm start`: the local hub's entry point. Like bin/app.ts it is an edge, so it is where
+// arguments, environment variables and cdk.json are read.
+
+const HELP = `Usage: npm start -- [options]
+
+Starts the local hub: MQTT front door, DynamoDB and Kinesis emulators, rules, functions.
+
+  --data-dir DIR        where state is kept (default .hub-data, env HUB_DATA_DIR)
+  --host HOST           address to listen on (default 127.0.0.1)
+  --mqtt-port N         MQTT over TCP (default ${DEFAULT_PORTS.mqtt}; 0 = any free port)
+  --mqtts-port N        MQTT over TLS (default ${DEFAULT_PORTS.mqtts})
+  --ws-port N           MQTT over WebSocket, path /mqtt (default ${DEFAULT_PORTS.ws})
+  --dynamodb-port N     DynamoDB-compatible endpoint (default ${DEFAULT_PORTS.dynamodb})
+  --kinesis-port N      Kinesis-compatible endpoint (default ${DEFAULT_PORTS.kinesis})
+  --data-plane-port N   IoT data-plane endpoint (default ${DEFAULT_PORTS.dataPlane})
+  --template FILE       run this synthesized template instead of synthesizing the stack
+  --json                print one JSON line {"event":"ready",...} instead of the banner
+  -h, --help            this text
+`;
+
+const { values } = parseArgs({
+  options: {
+    'data-dir': { type: 'string' },
+    host: { type: 'string' },
+    'mqtt-port': { type: 'string' },
+    'mqtts-port': { type: 'string' },
+    'ws-port': { type: 'string' },
+    'dynamodb-port': { type: 'string' },
+    'kinesis-port': { type: 'string' },
+    'data-plane-port': { type: 'string' },
+    template: { type: 'string' },
+    json: { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  },
+});
+if (values.help) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
+
+function port(name: keyof LocalHubPorts, flag: string | undefined): number {
+  const raw = flag ?? process.env[`HUB_${name.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}_PORT`];
+  if (raw === undefined) return DEFAULT_PORTS[name];
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) {
+    process.stderr.write(`invalid port for ${name}: '${raw}'\n`);
+    process.exit(2);
+  }
+  return n;
+}
+
+const cdkJson = JSON.parse(readFileSync(path.join(PROJECT_ROOT, 'cdk.json'), 'utf8')) as {
+  context?: Record<string, unknown>;
+};
+const config = parseHubConfig(cdkJson.context?.hub);
+const started = Date.now();
+const template: CfnTemplate = values.template
+  ? (JSON.parse(readFileSync(values.template, 'utf8')) as CfnTemplate)
+  : synthHubTemplate(config, cdkJson.context);
+const dataDir = values['data-dir'] ?? process.env.HUB_DATA_DIR ?? '.hub-data';
+
+const hub = await startLocalHub({
+  template,
+  dataDir,
+  maxMessageBytes: config.maxMessageBytes,
+  ...(values.host ? { host: values.host } : {}),
+  ports: {
+    mqtt: port('mqtt', values['mqtt-port']),
+    mqtts: port('mqtts', values['mqtts-port']),
+    ws: port('ws', values['ws-port']),
+    dynamodb: port('dynamodb', values['dynamodb-port']),
+    kinesis: port('kinesis', values['kinesis-port']),
+    dataPlane: port('dataPlane', values['data-plane-port']),
+  },
+});
+const e = hub.endpoints;
+const mqttPort = new URL(e.mqtt).port;
+if (values.json) {
+  process.stdout.write(`${JSON.stringify({ event: 'ready', startupMs: Date.now() - started, ...e })}\n`);
+} else {
+  process.stdout.write(`
+serverless-iot-hub local hub is up (${((Date.now() - started) / 1000).toFixed(1)} s)
+
+  MQTT            ${e.mqtt}
+  MQTT over TLS   ${e.mqtts}   (CA: ${e.caCertificate})
+  MQTT over WS    ${e.ws}
+  DynamoDB        ${e.dynamodb}
+  Kinesis         ${e.kinesis}
+  IoT data plane  ${e.dataPlane}
+  data directory  ${e.dataDir}
+  built-in endpoint stream  ${e.builtInStream}
+  rules           ${hub.model.rules.map((r) => r.sql.replace(/^.* FROM /, 'FROM ')).join('\n                  ')}
+
+Send a message as device d1:
+  mosquitto_pub -h 127.0.0.1 -p ${mqttPort} -i d1 -q 1 -t 'devices/d1/messages/events/$.ct=application%2Fjson&$.ce=utf-8' -m '{"temp":21.5}'
+Read the built-in endpoint:
+  npm run tail                  (or with the AWS CLI against ${e.kinesis}, region ${e.region})
+
+Ctrl-C stops the hub; the next start reuses ${e.dataDir}.
+`);
+}
+
+let stopping = false;
+const stop = (signal: string) => {
+  if (stopping) return;
+  stopping = true;
+  process.stdout.write(`\n${signal}: stopping the local hub...\n`);
+  hub.close().then(
+    () => process.exit(0),
+    (error: unknown) => {
+      process.stderr.write(`shutdown failed: ${String(error)}\n`);
+      process.exit(1);
+    },
+  );
+};
+process.on('SIGINT', () => stop('SIGINT'));
+process.on('SIGTERM', () => stop('SIGTERM'));

@@ -1,0 +1,220 @@
+import { randomUUID } from 'node:crypto';
+import { type DynamoDBClient, PutItemCommand } from '@aws-sdk/client-dynamodb';
+import { type KinesisClient, PutRecordCommand } from '@aws-sdk/client-kinesis';
+import { marshall } from '@aws-sdk/util-dynamodb';
+import {
+  type CompiledIotSql,
+  type CompiledSubstitutionTemplate,
+  compileIotSql,
+  compileSubstitutionTemplate,
+  type IotSqlContext,
+} from './iot-sql.ts';
+import type { LocalRule, LocalRuleAction } from './template.ts';
+
+/** One message as the front door took it. */
+export interface IngestInput {
+  readonly topic: string;
+  readonly payload: Buffer;
+  /** MQTT client id, '' for data-plane publishes. */
+  readonly clientId: string;
+  readonly principal: string;
+}
+
+/** What rule actions reach. */
+export interface RuleActionDeps {
+  readonly kinesis: KinesisClient;
+  readonly dynamo: DynamoDBClient;
+  /** Asynchronous (Event) invocation, as IoT's Lambda action does it. */
+  readonly invokeAsync: (functionLogicalId: string, event: unknown) => void;
+  readonly republish: (topic: string, payload: Buffer, qos: number) => Promise<void>;
+  readonly log: (line: string) => void;
+}
+
+/** Neither a rule's action nor its error action could take a message. The publisher must not get a PUBACK. */
+export class RuleDeliveryError extends Error {
+  constructor(ruleId: string, cause: unknown) {
+    super(`rule ${ruleId}: action and error action both failed: ${String(cause)}`, { cause });
+    this.name = 'RuleDeliveryError';
+  }
+}
+
+interface CompiledAction {
+  readonly action: LocalRuleAction;
+  readonly run: (ctx: IotSqlContext, output: Buffer) => Promise<void>;
+  readonly resource: string;
+}
+
+interface CompiledRule {
+  readonly rule: LocalRule;
+  readonly sql: CompiledIotSql;
+  readonly actions: readonly CompiledAction[];
+  readonly errorAction?: CompiledAction;
+}
+
+const ATTEMPTS = 3;
+
+/**
+ * The local IoT rules engine: evaluates every enabled rule's SQL on each publish and runs its
+ * actions. Unlike IoT Core, it finishes the actions before the broker acknowledges the publish
+ * (see `local/broker.ts`), so a message that got a PUBACK is already on the ingest stream or in
+ * the dead-letter table, even if the hub is killed right after.
+ */
+export class RulesEngine {
+  private readonly rules: CompiledRule[];
+
+  constructor(
+    rules: readonly LocalRule[],
+    private readonly deps: RuleActionDeps,
+  ) {
+    this.rules = rules
+      .filter((r) => !r.disabled)
+      .map((rule) => {
+        const errorAction = rule.errorAction ? this.compileAction(rule.errorAction) : undefined;
+        return {
+          rule,
+          sql: compileIotSql(rule.sql),
+          actions: rule.actions.map((a) => this.compileAction(a)),
+          ...(errorAction ? { errorAction } : {}),
+        };
+      });
+  }
+
+  /** Topic filters of all enabled rules (for the start-up banner). */
+  get topicFilters(): string[] {
+    return this.rules.map((r) => r.sql.topicFilter);
+  }
+
+  /**
+   * Runs every rule whose FROM matches. Resolves once each matching action (or, when it fails,
+   * its rule's error action) has taken the message; rejects with {@link RuleDeliveryError} otherwise.
+   */
+  async ingest(input: IngestInput): Promise<number> {
+    const ctx: IotSqlContext = {
+      topic: input.topic,
+      payload: input.payload,
+      clientId: input.clientId,
+      principal: input.principal,
+      timestamp: Date.now(),
+      newuuid: randomUUID,
+    };
+    let matched = 0;
+    for (const rule of this.rules) {
+      if (!rule.sql.matchesTopic(input.topic)) continue;
+      const output = rule.sql.evaluatePayload(ctx);
+      if (output === undefined) continue;
+      matched += 1;
+      // A rule's actions run independently of each other; each failure goes to the error action.
+      await Promise.all(rule.actions.map((action) => this.runAction(rule, action, ctx, output)));
+    }
+    return matched;
+  }
+
+  private async runAction(rule: CompiledRule, action: CompiledAction, ctx: IotSqlContext, output: Buffer) {
+    let lastError: unknown;
+    for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
+      try {
+        await action.run(ctx, output);
+        return;
+      } catch (error) {
+        lastError = error;
+        await new Promise((r) => setTimeout(r, 50 * 2 ** attempt));
+      }
+    }
+    this.deps.log(`rule ${rule.rule.logicalId}: ${action.action.kind} action failed: ${String(lastError)}`);
+    if (!rule.errorAction) throw new RuleDeliveryError(rule.rule.logicalId, lastError);
+    const errorMessage = Buffer.from(
+      JSON.stringify({
+        ruleName: rule.rule.logicalId,
+        topic: ctx.topic,
+        cloudwatchTraceId: randomUUID(),
+        clientId: ctx.clientId,
+        base64OriginalPayload: ctx.payload.toString('base64'),
+        failures: [
+          {
+            failedAction: action.action.kind,
+            failedResource: action.resource,
+            errorMessage: String(lastError),
+          },
+        ],
+      }),
+    );
+    try {
+      await rule.errorAction.run(ctx, errorMessage);
+    } catch (error) {
+      throw new RuleDeliveryError(rule.rule.logicalId, error);
+    }
+  }
+
+  private compileAction(action: LocalRuleAction): CompiledAction {
+    const { deps } = this;
+    switch (action.kind) {
+      case 'kinesis': {
+        const key: CompiledSubstitutionTemplate = compileSubstitutionTemplate(action.partitionKey);
+        return {
+          action,
+          resource: action.streamName,
+          run: async (ctx, output) => {
+            await deps.kinesis.send(
+              new PutRecordCommand({
+                StreamName: action.streamName,
+                PartitionKey: key(ctx) || 'none',
+                Data: output,
+              }),
+            );
+          },
+        };
+      }
+      case 'dynamoDb': {
+        const hash = compileSubstitutionTemplate(action.hashKeyValue);
+        const range =
+          action.rangeKeyValue === undefined ? undefined : compileSubstitutionTemplate(action.rangeKeyValue);
+        return {
+          action,
+          resource: action.tableName,
+          run: async (ctx, output) => {
+            let payload: unknown = output.toString('utf8');
+            try {
+              payload = JSON.parse(payload as string);
+            } catch {
+              // not JSON: stored as a string, as IoT does
+            }
+            const item: Record<string, unknown> = {
+              [action.hashKeyField]: hash(ctx),
+              [action.payloadField]: payload,
+            };
+            if (action.rangeKeyField && range) item[action.rangeKeyField] = range(ctx);
+            await deps.dynamo.send(
+              new PutItemCommand({
+                TableName: action.tableName,
+                Item: marshall(item, { removeUndefinedValues: true, convertClassInstanceToMap: true }),
+              }),
+            );
+          },
+        };
+      }
+      case 'lambda':
+        return {
+          action,
+          resource: action.functionLogicalId,
+          run: async (_ctx, output) => {
+            let event: unknown = output.toString('utf8');
+            try {
+              event = JSON.parse(event as string);
+            } catch {
+              // the Lambda action passes non-JSON payloads base64-encoded in a wrapper
+              event = { base64OriginalPayload: output.toString('base64') };
+            }
+            deps.invokeAsync(action.functionLogicalId, event);
+          },
+        };
+      case 'republish': {
+        const topic = compileSubstitutionTemplate(action.topic);
+        return {
+          action,
+          resource: action.topic,
+          run: (ctx, output) => deps.republish(topic(ctx), output, action.qos),
+        };
+      }
+    }
+  }
+}

@@ -1,0 +1,382 @@
+/**
+ * Reads a synthesized CloudFormation template into the local hub's model: which streams, tables,
+ * queues, functions (with their environment), IoT rules, event source mappings and schedules
+ * exist. Intrinsics (Ref, Fn::GetAtt, Fn::Join, Fn::Sub, pseudo parameters) are resolved to the
+ * local physical names, so the environment a handler sees here has the same shape as in Lambda.
+ */
+
+const REGION = 'us-east-1';
+const ACCOUNT = '000000000000';
+
+/** A CloudFormation template, as far as the local hub reads it. */
+export interface CfnTemplate {
+  Resources: Record<string, CfnResource>;
+  Outputs?: Record<string, { Value: unknown }>;
+}
+interface CfnResource {
+  Type: string;
+  Properties?: Record<string, unknown>;
+  Metadata?: Record<string, unknown>;
+}
+
+/** A DynamoDB table to create locally. */
+export interface LocalTable {
+  readonly logicalId: string;
+  readonly name: string;
+  readonly properties: Record<string, unknown>;
+}
+/** A Kinesis stream to create locally. */
+export interface LocalStream {
+  readonly logicalId: string;
+  readonly name: string;
+  readonly arn: string;
+  readonly shardCount: number;
+}
+/** An SQS queue: locally a JSON-lines file under the data directory. */
+export interface LocalQueue {
+  readonly logicalId: string;
+  readonly name: string;
+  readonly arn: string;
+}
+/** A Lambda function and the module that implements it. */
+export interface LocalFunction {
+  readonly logicalId: string;
+  readonly name: string;
+  readonly arn: string;
+  /** Handler source relative to the project root, from the function's metadata. */
+  readonly entry: string;
+  readonly environment: Record<string, string>;
+  readonly timeoutSeconds: number;
+}
+/** One IoT rule action, with templates still unevaluated (`${topic(2)}`). */
+export type LocalRuleAction =
+  | { readonly kind: 'kinesis'; readonly streamName: string; readonly partitionKey: string }
+  | {
+      readonly kind: 'dynamoDb';
+      readonly tableName: string;
+      readonly hashKeyField: string;
+      readonly hashKeyValue: string;
+      readonly rangeKeyField?: string;
+      readonly rangeKeyValue?: string;
+      readonly payloadField: string;
+    }
+  | { readonly kind: 'lambda'; readonly functionLogicalId: string }
+  | { readonly kind: 'republish'; readonly topic: string; readonly qos: number };
+/** An IoT topic rule. */
+export interface LocalRule {
+  readonly logicalId: string;
+  readonly sql: string;
+  readonly disabled: boolean;
+  readonly actions: readonly LocalRuleAction[];
+  readonly errorAction?: LocalRuleAction;
+}
+/** A Kinesis event source mapping. */
+export interface LocalKinesisMapping {
+  readonly logicalId: string;
+  readonly functionLogicalId: string;
+  readonly streamName: string;
+  readonly batchSize: number;
+  readonly startingPosition: 'TRIM_HORIZON' | 'LATEST';
+  readonly bisectOnError: boolean;
+  readonly reportBatchItemFailures: boolean;
+  /** -1 means retry until the records expire. */
+  readonly maxRetryAttempts: number;
+  readonly onFailureQueueName?: string;
+}
+/** A schedule (EventBridge rule with a `rate(...)` expression) that invokes functions. */
+export interface LocalSchedule {
+  readonly logicalId: string;
+  readonly everyMs: number;
+  readonly functionLogicalIds: readonly string[];
+}
+/** Everything the local hub runs, derived from one template. */
+export interface LocalModel {
+  readonly tables: readonly LocalTable[];
+  readonly streams: readonly LocalStream[];
+  readonly queues: readonly LocalQueue[];
+  readonly functions: readonly LocalFunction[];
+  readonly rules: readonly LocalRule[];
+  readonly kinesisMappings: readonly LocalKinesisMapping[];
+  readonly schedules: readonly LocalSchedule[];
+  /** Stack outputs, resolved to local values (e.g. `BuiltInEndpointStreamName`). */
+  readonly outputs: Readonly<Record<string, string>>;
+}
+
+/** A template that uses something the local hub cannot run; names the resource and the property. */
+export class UnsupportedTemplateError extends Error {
+  constructor(logicalId: string, what: string) {
+    super(`local hub cannot run resource ${logicalId}: ${what}`);
+    this.name = 'UnsupportedTemplateError';
+  }
+}
+
+const ENTRY_KEY = 'serverless-iot-hub:entry';
+
+/** Physical name the local hub gives a resource: stable across restarts, like a deployed stack's. */
+function physicalName(stackName: string, logicalId: string): string {
+  return `${stackName}-${logicalId}`;
+}
+
+function arnOf(type: string, name: string): string | undefined {
+  switch (type) {
+    case 'AWS::Kinesis::Stream':
+      return `arn:aws:kinesis:${REGION}:${ACCOUNT}:stream/${name}`;
+    case 'AWS::DynamoDB::Table':
+      return `arn:aws:dynamodb:${REGION}:${ACCOUNT}:table/${name}`;
+    case 'AWS::SQS::Queue':
+      return `arn:aws:sqs:${REGION}:${ACCOUNT}:${name}`;
+    case 'AWS::Lambda::Function':
+      return `arn:aws:lambda:${REGION}:${ACCOUNT}:function:${name}`;
+    case 'AWS::IAM::Role':
+      return `arn:aws:iam::${ACCOUNT}:role/${name}`;
+    case 'AWS::Logs::LogGroup':
+      return `arn:aws:logs:${REGION}:${ACCOUNT}:log-group:${name}:*`;
+    default:
+      return undefined;
+  }
+}
+
+/** Reads a template into a {@link LocalModel}. `stackName` prefixes local physical names. */
+export function readTemplate(template: CfnTemplate, stackName: string): LocalModel {
+  const resources = template.Resources;
+  const names = new Map<string, string>();
+  const arns = new Map<string, string>();
+  for (const [id, r] of Object.entries(resources)) {
+    const name = physicalName(stackName, id);
+    names.set(id, name);
+    const arn = arnOf(r.Type, name);
+    if (arn !== undefined) arns.set(id, arn);
+  }
+
+  const resolve = (value: unknown, where: string): unknown => {
+    if (Array.isArray(value)) return value.map((v) => resolve(v, where));
+    if (value === null || typeof value !== 'object') return value;
+    const obj = value as Record<string, unknown>;
+    const keys = Object.keys(obj);
+    if (keys.length === 1) {
+      const [key] = keys as [string];
+      const arg = obj[key];
+      switch (key) {
+        case 'Ref':
+          return ref(String(arg), where);
+        case 'Fn::GetAtt': {
+          const [id, attr] = (Array.isArray(arg) ? arg : String(arg).split('.')) as [string, string];
+          if (attr === 'Arn') {
+            const arn = arns.get(id);
+            if (arn === undefined) throw new UnsupportedTemplateError(where, `no local ARN for ${id}`);
+            return arn;
+          }
+          if (attr === 'StreamArn') return `${arns.get(id)}/stream/local`;
+          throw new UnsupportedTemplateError(where, `Fn::GetAtt ${id}.${attr}`);
+        }
+        case 'Fn::Join': {
+          const [sep, parts] = arg as [string, unknown[]];
+          return parts.map((p) => String(resolve(p, where))).join(sep);
+        }
+        case 'Fn::Sub': {
+          const [text, vars] = (Array.isArray(arg) ? arg : [arg, {}]) as [string, Record<string, unknown>];
+          return text.replace(/\$\{([^}!]+)\}/g, (_, name: string) => {
+            if (name in vars) return String(resolve(vars[name], where));
+            if (name.endsWith('.Arn'))
+              return String(resolve({ 'Fn::GetAtt': [name.slice(0, -4), 'Arn'] }, where));
+            return String(ref(name, where));
+          });
+        }
+        case 'Fn::Select': {
+          const [index, list] = arg as [number, unknown];
+          const items = resolve(list, where) as unknown[];
+          return items[Number(index)];
+        }
+        case 'Fn::Split': {
+          const [sep, text] = arg as [string, unknown];
+          return String(resolve(text, where)).split(sep);
+        }
+      }
+    }
+    return Object.fromEntries(Object.entries(obj).map(([k, v]) => [k, resolve(v, where)]));
+  };
+  const ref = (id: string, where: string): string => {
+    switch (id) {
+      case 'AWS::Region':
+        return REGION;
+      case 'AWS::AccountId':
+        return ACCOUNT;
+      case 'AWS::Partition':
+        return 'aws';
+      case 'AWS::URLSuffix':
+        return 'amazonaws.com';
+      case 'AWS::StackName':
+        return stackName;
+      case 'AWS::NoValue':
+        return '';
+    }
+    const name = names.get(id);
+    if (name === undefined) throw new UnsupportedTemplateError(where, `Ref to unknown ${id}`);
+    const type = resources[id]?.Type;
+    // A queue's Ref is its URL; the local stand-in names it by its name.
+    return type === 'AWS::SQS::Queue' ? `local-queue://${name}` : name;
+  };
+  const byArn = (arn: unknown, where: string): string => {
+    for (const [id, a] of arns) if (a === arn) return id;
+    throw new UnsupportedTemplateError(where, `no local resource with ARN ${String(arn)}`);
+  };
+  const functionIdOf = (value: unknown, where: string): string => {
+    const text = String(value);
+    for (const [id, name] of names) {
+      if (resources[id]?.Type !== 'AWS::Lambda::Function') continue;
+      if (text === name || text === arns.get(id)) return id;
+    }
+    throw new UnsupportedTemplateError(where, `no local function ${text}`);
+  };
+
+  const model: {
+    tables: LocalTable[];
+    streams: LocalStream[];
+    queues: LocalQueue[];
+    functions: LocalFunction[];
+    rules: LocalRule[];
+    kinesisMappings: LocalKinesisMapping[];
+    schedules: LocalSchedule[];
+    outputs: Record<string, string>;
+  } = {
+    tables: [],
+    streams: [],
+    queues: [],
+    functions: [],
+    rules: [],
+    kinesisMappings: [],
+    schedules: [],
+    outputs: {},
+  };
+  for (const [key, output] of Object.entries(template.Outputs ?? {})) {
+    model.outputs[key] = String(resolve(output.Value, `Outputs.${key}`));
+  }
+
+  for (const [id, r] of Object.entries(resources)) {
+    const props = (resolve(r.Properties ?? {}, id) ?? {}) as Record<string, unknown>;
+    const name = names.get(id) ?? id;
+    switch (r.Type) {
+      case 'AWS::DynamoDB::Table':
+        model.tables.push({ logicalId: id, name, properties: props });
+        break;
+      case 'AWS::Kinesis::Stream':
+        model.streams.push({
+          logicalId: id,
+          name,
+          arn: arns.get(id) ?? '',
+          // On-demand streams scale themselves in the cloud; locally two shards show the partitioning.
+          shardCount: typeof props.ShardCount === 'number' ? Math.min(props.ShardCount, 4) : 2,
+        });
+        break;
+      case 'AWS::SQS::Queue':
+        model.queues.push({ logicalId: id, name, arn: arns.get(id) ?? '' });
+        break;
+      case 'AWS::Lambda::Function': {
+        const entry = r.Metadata?.[ENTRY_KEY];
+        if (typeof entry !== 'string') {
+          throw new UnsupportedTemplateError(id, `function has no '${ENTRY_KEY}' metadata (use HubFunction)`);
+        }
+        const env = ((props.Environment as { Variables?: Record<string, unknown> } | undefined)?.Variables ??
+          {}) as Record<string, unknown>;
+        model.functions.push({
+          logicalId: id,
+          name,
+          arn: arns.get(id) ?? '',
+          entry,
+          environment: Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])),
+          timeoutSeconds: typeof props.Timeout === 'number' ? props.Timeout : 3,
+        });
+        break;
+      }
+      case 'AWS::IoT::TopicRule': {
+        const payload = props.TopicRulePayload as Record<string, unknown>;
+        const actions = (payload.Actions as Record<string, unknown>[]).map((a) => ruleAction(a, id));
+        const errorAction = payload.ErrorAction
+          ? ruleAction(payload.ErrorAction as Record<string, unknown>, id)
+          : undefined;
+        model.rules.push({
+          logicalId: id,
+          sql: String(payload.Sql),
+          disabled: payload.RuleDisabled === true,
+          actions,
+          ...(errorAction ? { errorAction } : {}),
+        });
+        break;
+      }
+      case 'AWS::Lambda::EventSourceMapping': {
+        const sourceId = byArn(props.EventSourceArn, id);
+        if (resources[sourceId]?.Type !== 'AWS::Kinesis::Stream') {
+          throw new UnsupportedTemplateError(id, `event source ${sourceId} is not a Kinesis stream`);
+        }
+        const onFailure = (props.DestinationConfig as { OnFailure?: { Destination?: string } } | undefined)
+          ?.OnFailure?.Destination;
+        const types = (props.FunctionResponseTypes as string[] | undefined) ?? [];
+        model.kinesisMappings.push({
+          logicalId: id,
+          functionLogicalId: functionIdOf(props.FunctionName, id),
+          streamName: names.get(sourceId) ?? sourceId,
+          batchSize: typeof props.BatchSize === 'number' ? props.BatchSize : 100,
+          startingPosition: props.StartingPosition === 'LATEST' ? 'LATEST' : 'TRIM_HORIZON',
+          bisectOnError: props.BisectBatchOnFunctionError === true,
+          reportBatchItemFailures: types.includes('ReportBatchItemFailures'),
+          maxRetryAttempts: typeof props.MaximumRetryAttempts === 'number' ? props.MaximumRetryAttempts : -1,
+          ...(onFailure ? { onFailureQueueName: names.get(byArn(onFailure, id)) ?? '' } : {}),
+        });
+        break;
+      }
+      case 'AWS::Events::Rule': {
+        const expression = props.ScheduleExpression;
+        if (typeof expression !== 'string') break;
+        const targets = ((props.Targets as { Arn: string }[] | undefined) ?? []).map((t) =>
+          functionIdOf(t.Arn, id),
+        );
+        model.schedules.push({
+          logicalId: id,
+          everyMs: rateToMs(expression, id),
+          functionLogicalIds: targets,
+        });
+        break;
+      }
+    }
+  }
+  return model;
+
+  function ruleAction(action: Record<string, unknown>, where: string): LocalRuleAction {
+    const [kind] = Object.keys(action);
+    const a = action[kind ?? ''] as Record<string, unknown>;
+    switch (kind) {
+      case 'Kinesis':
+        return {
+          kind: 'kinesis',
+          streamName: String(a.StreamName),
+          partitionKey: String(a.PartitionKey ?? '${newuuid()}'),
+        };
+      case 'DynamoDB':
+        return {
+          kind: 'dynamoDb',
+          tableName: String(a.TableName),
+          hashKeyField: String(a.HashKeyField),
+          hashKeyValue: String(a.HashKeyValue),
+          ...(a.RangeKeyField
+            ? { rangeKeyField: String(a.RangeKeyField), rangeKeyValue: String(a.RangeKeyValue) }
+            : {}),
+          payloadField: String(a.PayloadField ?? 'payload'),
+        };
+      case 'Lambda':
+        return { kind: 'lambda', functionLogicalId: functionIdOf(a.FunctionArn, where) };
+      case 'Republish':
+        return { kind: 'republish', topic: String(a.Topic), qos: Number(a.Qos ?? 0) };
+      default:
+        throw new UnsupportedTemplateError(where, `IoT rule action '${kind}' is not emulated`);
+    }
+  }
+}
+
+/** `rate(5 minutes)` → milliseconds. */
+function rateToMs(expression: string, where: string): number {
+  const m = /^rate\((\d+)\s+(second|seconds|minute|minutes|hour|hours|day|days)\)$/.exec(expression.trim());
+  if (!m) throw new UnsupportedTemplateError(where, `schedule '${expression}' (only rate(...) is emulated)`);
+  const unit = (m[2] ?? '').replace(/s$/, '');
+  const scale = { second: 1000, minute: 60_000, hour: 3_600_000, day: 86_400_000 }[unit] ?? 60_000;
+  return Number(m[1]) * scale;
+}
