@@ -1,0 +1,117 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { createInterface } from 'node:readline';
+import { PROJECT_ROOT } from '../../lib/hub-function.ts';
+import type { LocalHubEndpoints } from '../../local/hub.ts';
+
+/** A local hub running as a child process, as `npm start` runs it, on free loopback ports. */
+export interface HubProcess {
+  readonly endpoints: LocalHubEndpoints;
+  readonly dataDir: string;
+  /** Every line the hub printed so far (its log). */
+  readonly logs: string[];
+  /** Waits for a log line matching `pattern`. */
+  waitForLog(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  /** SIGKILL: no shutdown code runs. */
+  kill(): Promise<void>;
+  /** SIGINT, as Ctrl-C: a clean shutdown. Resolves with the exit code. */
+  stop(): Promise<number | null>;
+}
+
+/** A fresh data directory under the OS temp dir. */
+export function tempDataDir(prefix = 'hub-test-'): string {
+  return mkdtempSync(path.join(tmpdir(), prefix));
+}
+
+/** Options of {@link startHubProcess}. */
+export interface StartOptions {
+  readonly dataDir?: string;
+  readonly args?: readonly string[];
+  readonly env?: Record<string, string>;
+}
+
+const ZERO_PORTS = [
+  '--mqtt-port=0',
+  '--mqtts-port=0',
+  '--ws-port=0',
+  '--dynamodb-port=0',
+  '--kinesis-port=0',
+  '--data-plane-port=0',
+];
+
+/** Starts `local/main.ts --json` and resolves when it prints its ready line. */
+export async function startHubProcess(options: StartOptions = {}): Promise<HubProcess> {
+  const dataDir = options.dataDir ?? tempDataDir();
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      'local/main.ts',
+      '--json',
+      `--data-dir=${dataDir}`,
+      ...ZERO_PORTS,
+      ...(options.args ?? []),
+    ],
+    { cwd: PROJECT_ROOT, env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  const logs: string[] = [];
+  const waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
+  const onLine = (line: string) => {
+    logs.push(line);
+    for (const w of [...waiters]) {
+      if (w.pattern.test(line)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(line);
+      }
+    }
+  };
+  createInterface({ input: child.stdout! }).on('line', onLine);
+  createInterface({ input: child.stderr! }).on('line', onLine);
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+
+  const waitForLog = (pattern: RegExp, timeoutMs = 30_000) => {
+    const seen = logs.find((l) => pattern.test(l));
+    if (seen) return Promise.resolve(seen);
+    return new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(
+          new Error(
+            `no log line matching ${pattern} within ${timeoutMs} ms; log:\n${logs.slice(-40).join('\n')}`,
+          ),
+        );
+      }, timeoutMs);
+      waiters.push({
+        pattern,
+        resolve: (line) => {
+          clearTimeout(timer);
+          resolve(line);
+        },
+      });
+    });
+  };
+
+  const ready = await Promise.race([
+    waitForLog(/^\{"event":"ready"/, 90_000),
+    exited.then((code) => {
+      throw new Error(`hub exited with ${code} before it was ready:\n${logs.join('\n')}`);
+    }),
+  ]);
+  const endpoints = JSON.parse(ready) as LocalHubEndpoints;
+  return {
+    endpoints,
+    dataDir,
+    logs,
+    waitForLog,
+    kill: async () => {
+      child.kill('SIGKILL');
+      await exited;
+    },
+    stop: async () => {
+      child.kill('SIGINT');
+      return exited;
+    },
+  };
+}
