@@ -65,6 +65,12 @@ export class HubConfigError extends Error {
 export function parseHubConfig(raw: unknown): HubConfig {
   const result = HubConfigSchema.safeParse(raw ?? {});
   if (result.success) return result.data;
-  const problems = result.error.issues.map((i) => `hub.${i.path.join('.')}: ${i.message}`);
+  const problems = result.error.issues.flatMap((issue) => {
+    const at = ['hub', ...issue.path.map(String)];
+    // An unknown key is named by its own path, not its parent's.
+    if (issue.code === 'unrecognized_keys')
+      return issue.keys.map((key) => `${[...at, key].join('.')}: unknown key`);
+    return [`${at.join('.')}: ${issue.message}`];
+  });
   throw new HubConfigError(`invalid hub configuration:\n  ${problems.join('\n  ')}`);
 }

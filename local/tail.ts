@@ -30,7 +30,9 @@ try {
 const client = localKinesisClient(endpoints.kinesis);
 const stream = endpoints.builtInStream;
 const shards = (await client.send(new ListShardsCommand({ StreamName: stream }))).Shards ?? [];
-process.stderr.write(`following ${stream} on ${endpoints.kinesis} (${shards.length} shards); Ctrl-C to stop\n`);
+process.stderr.write(
+  `following ${stream} on ${endpoints.kinesis} (${shards.length} shards); Ctrl-C to stop\n`,
+);
 
 await Promise.all(
   shards.map(async (shard) => {
@@ -45,7 +47,8 @@ await Promise.all(
     ).ShardIterator;
     while (iterator) {
       const page = await client.send(new GetRecordsCommand({ ShardIterator: iterator }));
-      for (const r of page.Records ?? []) process.stdout.write(`${Buffer.from(r.Data ?? []).toString('utf8')}\n`);
+      for (const r of page.Records ?? [])
+        process.stdout.write(`${Buffer.from(r.Data ?? []).toString('utf8')}\n`);
       iterator = page.NextShardIterator;
       if ((page.Records ?? []).length === 0) await new Promise((r) => setTimeout(r, 250));
     }

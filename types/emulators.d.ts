@@ -2,6 +2,7 @@
 
 declare module 'dynalite' {
   import type { Server } from 'node:http';
+
   interface DynaliteOptions {
     /** LevelDB directory; in memory when absent. */
     path?: string;
@@ -16,6 +17,7 @@ declare module 'dynalite' {
 
 declare module 'kinesalite' {
   import type { Server } from 'node:http';
+
   interface KinesaliteOptions {
     /** LevelDB directory; in memory when absent. */
     path?: string;
@@ -30,6 +32,7 @@ declare module 'kinesalite' {
 
 declare module 'aedes-persistence-level' {
   import type { Level } from 'level';
+
   function aedesPersistenceLevel(db: Level<string, unknown>): unknown;
   export default aedesPersistenceLevel;
 }

@@ -16,8 +16,10 @@ export class DynamoDeadLetterStore implements DeadLetterStore {
   ) {}
 
   async put(letters: readonly DeadLetter[]): Promise<void> {
-    for (let i = 0; i < letters.length; i += 25) {
-      let requests = letters.slice(i, i + 25).map((l) => ({
+    // BatchWriteItem refuses two writes of one key in a request; copies of one record are one letter.
+    const unique = [...new Map(letters.map((l) => [`${l.deviceId}\n${l.id}`, l])).values()];
+    for (let i = 0; i < unique.length; i += 25) {
+      let requests = unique.slice(i, i + 25).map((l) => ({
         PutRequest: {
           Item: {
             pk: `dl#${l.deviceId}`,

@@ -28,8 +28,10 @@ export interface DeadLetter {
   readonly reason: string;
   /** ISO time the dead letter was written. */
   readonly at: string;
-  /** The original record, base64, so it can be replayed unchanged. */
+  /** The original record, so it can be replayed unchanged: its text, or base64 when it is not UTF-8. */
   readonly record: string;
+  /** How `record` is written. Text keeps a 256 KB message under DynamoDB's 400 KB item limit. */
+  readonly recordEncoding: 'utf8' | 'base64';
 }
 
 /** Where dead letters go. `put` is idempotent per (deviceId, id). */

@@ -5,7 +5,7 @@ import { parseD2CTopic } from './topic.ts';
 
 /**
  * What the ingest IoT rule writes to the ingest stream for each D2C publish. The SQL that
- * produces it lives in `lib/ingest.ts`; the two must agree, and the infra tests check they do.
+ * produces it lives in `lib/d2c-pipeline.ts`; the two must agree, and the infra tests check they do.
  */
 export const IngestRecordSchema = z.object({
   /** Raw payload, base64 (`encode(*, 'base64')`), so binary bodies survive. May be absent for empty payloads. */
@@ -132,7 +132,12 @@ export function buildEnvelope(record: IngestRecord, limits: EnvelopeLimits): D2C
 /** Decodes an envelope read from an endpoint, checking its version. For consumers and tests. */
 export function decodeEnvelope(data: Uint8Array | string): D2CEnvelope {
   const text = typeof data === 'string' ? data : Buffer.from(data).toString('utf8');
-  const value: unknown = JSON.parse(text);
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (cause) {
+    throw new ValidationError('InvalidEnvelope', 'envelope is not JSON', {}, { cause });
+  }
   const parsed = EnvelopeSchema.safeParse(value);
   if (!parsed.success) {
     throw new ValidationError(

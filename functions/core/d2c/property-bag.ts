@@ -31,8 +31,8 @@ export interface PropertyBag {
 
 /** Thrown when a property bag cannot be decoded or breaks a limit; `code` is `InvalidPropertyBag`. */
 export class InvalidPropertyBagError extends ValidationError {
-  constructor(reason: string, context: Record<string, unknown> = {}) {
-    super('InvalidPropertyBag', `invalid property bag: ${reason}`, context);
+  constructor(reason: string, context: Record<string, unknown> = {}, options?: ErrorOptions) {
+    super('InvalidPropertyBag', `invalid property bag: ${reason}`, context, options);
   }
 }
 
@@ -44,7 +44,7 @@ function decode(part: string, what: string): string {
     // '+' stays '+': the bag is URL-encoded with %20 for spaces, as the Azure SDKs produce it.
     return decodeURIComponent(part);
   } catch (cause) {
-    throw new InvalidPropertyBagError(`${what} '${part}' is not valid percent-encoding`, { part, cause });
+    throw new InvalidPropertyBagError(`${what} '${part}' is not valid percent-encoding`, { part }, { cause });
   }
 }
 

@@ -14,7 +14,7 @@ export interface RouterDeps {
   readonly deadLetters: DeadLetterStore;
   readonly log: Log;
   readonly limits: EnvelopeLimits;
-  /** Tries per write before the batch is handed back to the event source for a retry. @default 4 */
+  /** Calls in a row that write nothing before the batch is handed back to the event source. @default 4 */
   readonly maxAttempts?: number;
   /** First backoff delay, doubled per attempt. @default 100 */
   readonly baseDelayMs?: number;
@@ -60,10 +60,11 @@ export async function routeBatch(records: readonly SourceRecord[], deps: RouterD
 
   records.forEach((record, index) => {
     const raw = Buffer.from(record.data);
+    const text = raw.toString('utf8');
     let deviceId = 'unknown';
     let id = record.sequenceNumber;
     try {
-      const parsed = IngestRecordSchema.safeParse(JSON.parse(raw.toString('utf8')));
+      const parsed = IngestRecordSchema.safeParse(JSON.parse(text));
       if (!parsed.success) {
         throw new HubError(
           'InvalidIngestRecord',
@@ -90,7 +91,9 @@ export async function routeBatch(records: readonly SourceRecord[], deps: RouterD
           code,
           reason,
           at: now().toISOString(),
-          record: raw.toString('base64'),
+          ...(Buffer.from(text, 'utf8').equals(raw)
+            ? { record: text, recordEncoding: 'utf8' as const }
+            : { record: raw.toString('base64'), recordEncoding: 'base64' as const }),
         },
       });
     }
@@ -154,7 +157,8 @@ async function writeOrdered(queues: Map<string, Pending[]>, deps: RouterDeps): P
       attempt = 0;
       continue;
     }
-    attempt += 1;
+    // The budget counts calls in a row that wrote nothing: steady partial throttling still progresses.
+    attempt = failed < layer.length ? 1 : attempt + 1;
     if (attempt >= maxAttempts) {
       deps.log.error('built-in endpoint write gave up; the batch will be retried', {
         failed,

@@ -1,0 +1,108 @@
+import { App, type CfnElement, Stack } from 'aws-cdk-lib';
+import { Template } from 'aws-cdk-lib/assertions';
+import type { IConstruct } from 'constructs';
+import { z } from 'zod';
+import { buildHub } from '../../lib/app.ts';
+import { type HubConfigInput, parseHubConfig } from '../../lib/config.ts';
+import type { HubStack } from '../../lib/hub-stack.ts';
+
+/** Context that skips NodejsFunction bundling (esbuild) so a synth takes a second or two, not ten. */
+export const NO_BUNDLING = { 'aws:cdk:bundling-stacks': [] } as const;
+
+/** A hub stack built the way `bin/app.ts` builds it, and its template. */
+export interface SynthedHub {
+  readonly app: App;
+  readonly stack: HubStack;
+  readonly template: Template;
+}
+
+/** Builds the hub from raw configuration (as `cdk.json` would give it) without bundling. */
+export function synthHub(config: HubConfigInput = {}, outdir?: string): SynthedHub {
+  const app = new App({ context: { ...NO_BUNDLING }, ...(outdir === undefined ? {} : { outdir }) });
+  const stack = buildHub(app, parseHubConfig(config));
+  return { app, stack, template: Template.fromStack(stack) };
+}
+
+/** The logical id of a construct's CloudFormation resource (its default child, or itself). */
+export function logicalId(construct: IConstruct): string {
+  const element = (construct.node.defaultChild ?? construct) as CfnElement;
+  return Stack.of(construct).getLogicalId(element);
+}
+
+const StatementSchema = z.object({
+  Effect: z.enum(['Allow', 'Deny']),
+  Action: z.union([z.string(), z.array(z.string())]),
+  Resource: z.unknown(),
+});
+const PolicyDocumentSchema = z.object({ Statement: z.array(StatementSchema) });
+const RefSchema = z.object({ Ref: z.string() });
+const PolicyPropsSchema = z.object({
+  PolicyDocument: PolicyDocumentSchema,
+  Roles: z.array(RefSchema).default([]),
+});
+const RolePropsSchema = z.object({
+  Policies: z.array(z.object({ PolicyDocument: PolicyDocumentSchema })).default([]),
+});
+
+/** One IAM statement of the template, flattened, with where it came from. */
+export interface FlatStatement {
+  /** Logical id of the AWS::IAM::Policy or AWS::IAM::Role holding it. */
+  readonly source: string;
+  /** Logical ids of the roles it applies to. */
+  readonly roles: readonly string[];
+  readonly effect: 'Allow' | 'Deny';
+  readonly actions: readonly string[];
+  /** Each Resource entry as written (a string or an intrinsic). */
+  readonly resources: readonly unknown[];
+}
+
+const asArray = <T>(value: T | readonly T[]): readonly T[] => (Array.isArray(value) ? value : [value as T]);
+
+/** Every statement of every AWS::IAM::Policy and every AWS::IAM::Role inline policy. */
+export function iamStatements(template: Template): FlatStatement[] {
+  const out: FlatStatement[] = [];
+  for (const [id, resource] of Object.entries(template.findResources('AWS::IAM::Policy'))) {
+    const props = PolicyPropsSchema.parse(resource.Properties);
+    const roles = props.Roles.map((r) => r.Ref);
+    for (const s of props.PolicyDocument.Statement) {
+      out.push({
+        source: id,
+        roles,
+        effect: s.Effect,
+        actions: asArray(s.Action),
+        resources: asArray(s.Resource),
+      });
+    }
+  }
+  for (const [id, resource] of Object.entries(template.findResources('AWS::IAM::Role'))) {
+    const props = RolePropsSchema.parse(resource.Properties ?? {});
+    for (const policy of props.Policies) {
+      for (const s of policy.PolicyDocument.Statement) {
+        out.push({
+          source: id,
+          roles: [id],
+          effect: s.Effect,
+          actions: asArray(s.Action),
+          resources: asArray(s.Resource),
+        });
+      }
+    }
+  }
+  return out;
+}
+
+/** Logical ids an intrinsic refers to through `Ref` or `Fn::GetAtt`, anywhere inside it. */
+export function referencedIds(value: unknown): string[] {
+  if (Array.isArray(value)) return value.flatMap(referencedIds);
+  if (value === null || typeof value !== 'object') return [];
+  const ids: string[] = [];
+  for (const [key, inner] of Object.entries(value)) {
+    if (key === 'Ref' && typeof inner === 'string') ids.push(inner);
+    else if (key === 'Fn::GetAtt' && Array.isArray(inner) && typeof inner[0] === 'string') ids.push(inner[0]);
+    else ids.push(...referencedIds(inner));
+  }
+  return ids;
+}
+
+/** `{ 'Fn::GetAtt': [id, 'Arn'] }` */
+export const arnOf = (id: string) => ({ 'Fn::GetAtt': [id, 'Arn'] });

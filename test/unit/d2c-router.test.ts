@@ -1,0 +1,394 @@
+import { describe, expect, it } from 'vitest';
+import { decodeEnvelope, type IngestRecord } from '../../functions/core/d2c/envelope.ts';
+import { type RouterDeps, routeBatch, type SourceRecord } from '../../functions/core/d2c/router.ts';
+import type {
+  DeadLetter,
+  DeadLetterStore,
+  Log,
+  StreamEntry,
+  StreamSink,
+} from '../../functions/core/ports.ts';
+
+const NOW = new Date('2030-01-02T03:04:05.000Z');
+
+/** A stream sink that records every call and lets a test decide, per entry, whether it is written. */
+class FakeSink implements StreamSink {
+  readonly calls: StreamEntry[][] = [];
+  readonly written: StreamEntry[] = [];
+
+  constructor(private readonly accept: (entry: StreamEntry, call: number) => boolean = () => true) {}
+
+  async put(entries: readonly StreamEntry[]): Promise<readonly boolean[]> {
+    const call = this.calls.length;
+    this.calls.push([...entries]);
+    return entries.map((entry) => {
+      const ok = this.accept(entry, call);
+      if (ok) this.written.push(entry);
+      return ok;
+    });
+  }
+
+  /** Message ids written for one device, in write order. */
+  idsOf(deviceId: string): string[] {
+    return this.written
+      .filter((e) => e.partitionKey === deviceId)
+      .map((e) => decodeEnvelope(e.data).messageId);
+  }
+
+  get writtenIds(): string[] {
+    return this.written.map((e) => decodeEnvelope(e.data).messageId);
+  }
+}
+
+/** A sink whose every call is rejected. */
+class ThrowingSink implements StreamSink {
+  calls = 0;
+  async put(): Promise<readonly boolean[]> {
+    this.calls += 1;
+    throw new Error('ProvisionedThroughputExceededException');
+  }
+}
+
+class FakeDeadLetters implements DeadLetterStore {
+  readonly letters: DeadLetter[] = [];
+  constructor(private readonly fail = false) {}
+  async put(letters: readonly DeadLetter[]): Promise<void> {
+    if (this.fail) throw new Error('dead-letter table unavailable');
+    this.letters.push(...letters);
+  }
+}
+
+class FakeLog implements Log {
+  readonly lines: { level: string; message: string; context?: Record<string, unknown> }[] = [];
+  info(message: string, context?: Record<string, unknown>): void {
+    this.lines.push({ level: 'info', message, ...(context ? { context } : {}) });
+  }
+  warn(message: string, context?: Record<string, unknown>): void {
+    this.lines.push({ level: 'warn', message, ...(context ? { context } : {}) });
+  }
+  error(message: string, context?: Record<string, unknown>): void {
+    this.lines.push({ level: 'error', message, ...(context ? { context } : {}) });
+  }
+}
+
+function deps(builtIn: StreamSink, deadLetters: DeadLetterStore = new FakeDeadLetters()) {
+  const sleeps: number[] = [];
+  const log = new FakeLog();
+  const value: RouterDeps = {
+    builtIn,
+    deadLetters,
+    log,
+    limits: { maxMessageBytes: 256 * 1024 },
+    sleep: async (ms) => {
+      sleeps.push(ms);
+    },
+    now: () => NOW,
+  };
+  return { deps: value, sleeps, log };
+}
+
+let seq = 0;
+const nextSeq = () => String(49_600_000_000_000_000_000 + seq++).padStart(24, '0');
+
+/** A source record holding an ingest record for `device` whose message id ($.mid) is `mid`. */
+function message(device: string, mid: string, body = `{"n":"${mid}"}`): SourceRecord {
+  const ingest: IngestRecord = {
+    topic: `devices/${device}/messages/events/$.mid=${mid}&$.ct=application%2Fjson`,
+    clientId: device,
+    principal: `sas:${device}`,
+    enqueuedTime: NOW.getTime(),
+    ingestId: `ingest-${mid}`,
+    body: Buffer.from(body).toString('base64'),
+  };
+  return raw(JSON.stringify(ingest));
+}
+
+function raw(text: string): SourceRecord {
+  return { sequenceNumber: nextSeq(), data: Buffer.from(text) };
+}
+
+/** `devices` × `perDevice` records, interleaved round-robin: a0 b0 c0 a1 b1 c1 ... */
+function interleaved(devices: readonly string[], perDevice: number): SourceRecord[] {
+  const out: SourceRecord[] = [];
+  for (let i = 0; i < perDevice; i++) for (const d of devices) out.push(message(d, `${d}-${i}`));
+  return out;
+}
+
+const range = (device: string, n: number) => Array.from({ length: n }, (_, i) => `${device}-${i}`);
+
+describe('routeBatch: delivery', () => {
+  it('delivers every good record as an envelope keyed by device id', async () => {
+    const sink = new FakeSink();
+    const records = [message('a', 'a-0'), message('b', 'b-0'), message('a', 'a-1')];
+    const result = await routeBatch(records, deps(sink).deps);
+    expect(result).toEqual({ delivered: 3, deadLettered: 0 });
+    expect(sink.written.map((e) => e.partitionKey).sort()).toEqual(['a', 'a', 'b']);
+    for (const entry of sink.written) {
+      const envelope = decodeEnvelope(entry.data);
+      expect(envelope.deviceId).toBe(entry.partitionKey);
+      expect(envelope.body).toEqual({ n: envelope.messageId });
+    }
+  });
+
+  it('does nothing for an empty batch', async () => {
+    const sink = new FakeSink();
+    expect(await routeBatch([], deps(sink).deps)).toEqual({ delivered: 0, deadLettered: 0 });
+    expect(sink.calls).toHaveLength(0);
+  });
+
+  it('keeps per-device order across 3 devices x 50 interleaved records', async () => {
+    const sink = new FakeSink();
+    const devices = ['a', 'b', 'c'];
+    const result = await routeBatch(interleaved(devices, 50), deps(sink).deps);
+    expect(result).toEqual({ delivered: 150, deadLettered: 0 });
+    for (const d of devices) expect(sink.idsOf(d)).toEqual(range(d, 50));
+  });
+
+  it('puts at most one record per device in each PutRecords call', async () => {
+    const sink = new FakeSink();
+    await routeBatch(interleaved(['a', 'b', 'c'], 50), deps(sink).deps);
+    expect(sink.calls.length).toBeGreaterThanOrEqual(50);
+    for (const call of sink.calls) {
+      const keys = call.map((e) => e.partitionKey);
+      expect(new Set(keys).size).toBe(keys.length);
+    }
+  });
+
+  it('delivers everything, in order, when a sink fails some entries a few times', async () => {
+    // a-3 fails twice, b-10 three times, c-0 once; each call holds at most one of them.
+    const failuresLeft = new Map([
+      ['a-3', 2],
+      ['b-10', 3],
+      ['c-0', 1],
+    ]);
+    const sink = new FakeSink((entry) => {
+      const id = decodeEnvelope(entry.data).messageId;
+      const left = failuresLeft.get(id) ?? 0;
+      if (left === 0) return true;
+      failuresLeft.set(id, left - 1);
+      return false;
+    });
+    const { deps: d, sleeps } = deps(sink);
+    const result = await routeBatch(interleaved(['a', 'b', 'c'], 20), d);
+    expect(result).toEqual({ delivered: 60, deadLettered: 0 });
+    for (const device of ['a', 'b', 'c']) expect(sink.idsOf(device)).toEqual(range(device, 20));
+    expect(sink.writtenIds).toHaveLength(60);
+    expect(sleeps.length).toBeGreaterThan(0);
+  });
+
+  it('backs off exponentially from baseDelayMs between failed attempts', async () => {
+    let calls = 0;
+    const sink = new FakeSink(() => calls++ >= 3);
+    const { deps: d, sleeps } = deps(sink);
+    const result = await routeBatch([message('a', 'a-0')], { ...d, baseDelayMs: 10 });
+    expect(result).toEqual({ delivered: 1, deadLettered: 0 });
+    expect(sleeps).toEqual([10, 20, 40]);
+  });
+});
+
+describe('routeBatch: what the event source must retry', () => {
+  it('returns the first undelivered record when a sink always fails one device', async () => {
+    const sink = new FakeSink((entry) => entry.partitionKey !== 'b');
+    const records = [message('a', 'a-0'), message('c', 'c-0'), ...interleaved(['a', 'b', 'c'], 10)];
+    const { deps: d, log } = deps(sink);
+    const result = await routeBatch(records, d);
+
+    const firstB = records.findIndex((r) => decodeEnvelopeIdOf(r).startsWith('b-'));
+    expect(firstB).toBe(3);
+    expect(result.retryFrom).toBe(records[firstB]?.sequenceNumber);
+    expect(sink.idsOf('b')).toEqual([]);
+    const written = new Set(sink.writtenIds);
+    for (const r of records.slice(0, firstB)) expect(written.has(decodeEnvelopeIdOf(r))).toBe(true);
+    expect(result.delivered).toBe(sink.written.length);
+    expect(result.deadLettered).toBe(0);
+    expect(log.lines.some((l) => l.level === 'error' && /gave up/.test(l.message))).toBe(true);
+  });
+
+  it('gives up after maxAttempts calls that fail', async () => {
+    const sink = new FakeSink((entry) => entry.partitionKey !== 'b');
+    const { deps: d, sleeps } = deps(sink);
+    await routeBatch([message('b', 'b-0')], { ...d, maxAttempts: 3 });
+    expect(sink.calls).toHaveLength(3);
+    expect(sleeps).toEqual([100, 200]);
+  });
+
+  it('returns the first record when the sink throws on every call', async () => {
+    const sink = new ThrowingSink();
+    const records = interleaved(['a', 'b'], 3);
+    const { deps: d, log } = deps(sink);
+    const result = await routeBatch(records, d);
+    expect(result).toEqual({ delivered: 0, deadLettered: 0, retryFrom: records[0]?.sequenceNumber });
+    expect(sink.calls).toBe(4);
+    expect(log.lines.filter((l) => l.level === 'warn' && /write failed/.test(l.message))).toHaveLength(4);
+  });
+
+  it('retries from a good record that precedes a dead-lettered one when the good one cannot be written', async () => {
+    const sink = new FakeSink(() => false);
+    const records = [message('a', 'a-0'), raw('not json')];
+    const result = await routeBatch(records, deps(sink).deps);
+    expect(result.retryFrom).toBe(records[0]?.sequenceNumber);
+    expect(result.deadLettered).toBe(0);
+  });
+});
+
+/** The $.mid of a record built by {@link message}. */
+function decodeEnvelopeIdOf(record: SourceRecord): string {
+  const text = Buffer.from(record.data).toString('utf8');
+  return /\$\.mid=([^&]+)/.exec(text)?.[1] ?? '';
+}
+
+describe('routeBatch: dead letters', () => {
+  const ingest = (overrides: Partial<Record<keyof IngestRecord, unknown>>) =>
+    raw(
+      JSON.stringify({
+        topic: 'devices/d1/messages/events/',
+        clientId: 'd1',
+        enqueuedTime: NOW.getTime(),
+        ingestId: 'ing-x',
+        ...overrides,
+      }),
+    );
+
+  it('dead-letters bad records with code and reason and never sends them to the sink', async () => {
+    const sink = new FakeSink();
+    const store = new FakeDeadLetters();
+    const records = [
+      message('a', 'a-0'),
+      raw('{"topic": '),
+      ingest({ clientId: undefined, ingestId: 'ing-schema' }),
+      ingest({ topic: 'devices/d1/telemetry', ingestId: 'ing-topic' }),
+      ingest({ clientId: 'mallory', ingestId: 'ing-spoof' }),
+      ingest({ topic: 'devices/d1/messages/events/$.nope=1', ingestId: 'ing-bag' }),
+      message('a', 'a-1'),
+    ];
+    const { deps: d, log } = deps(sink, store);
+    const result = await routeBatch(records, d);
+
+    expect(result).toEqual({ delivered: 2, deadLettered: 5 });
+    expect(sink.writtenIds).toEqual(['a-0', 'a-1']);
+    expect(sink.calls.flat()).toHaveLength(2);
+    expect(store.letters.map((l) => [l.code, l.deviceId, l.id])).toEqual([
+      ['UndecodableRecord', 'unknown', records[1]?.sequenceNumber],
+      ['InvalidIngestRecord', 'unknown', records[2]?.sequenceNumber],
+      ['InvalidD2CTopic', 'd1', 'ing-topic'],
+      ['DeviceIdMismatch', 'mallory', 'ing-spoof'],
+      ['InvalidPropertyBag', 'd1', 'ing-bag'],
+    ]);
+    expect(store.letters[0]?.reason).toMatch(/JSON/);
+    expect(store.letters[1]?.reason).toMatch(/^ingest record does not match the schema: /);
+    expect(store.letters[2]?.reason).toContain("topic 'devices/d1/telemetry' is not a device-to-cloud topic");
+    expect(store.letters[3]?.reason).toContain("client 'mallory' published on the topic of device 'd1'");
+    expect(store.letters[4]?.reason).toContain("unknown system property '$.nope'");
+    for (const [i, letter] of store.letters.entries()) {
+      expect(letter.source).toBe('router');
+      expect(letter.at).toBe(NOW.toISOString());
+      const original = records[i + 1];
+      const kept = Buffer.from(letter.record, letter.recordEncoding === 'base64' ? 'base64' : 'utf8');
+      expect(kept.equals(Buffer.from(original?.data ?? []))).toBe(true);
+    }
+    expect(log.lines.filter((l) => l.message === 'd2c message dead-lettered')).toHaveLength(5);
+  });
+
+  it('dead-letters a body over the limit as MessageTooLarge', async () => {
+    const sink = new FakeSink();
+    const store = new FakeDeadLetters();
+    const { deps: d } = deps(sink, store);
+    const result = await routeBatch([message('a', 'a-0', 'x'.repeat(101))], {
+      ...d,
+      limits: { maxMessageBytes: 100 },
+    });
+    expect(result).toEqual({ delivered: 0, deadLettered: 1 });
+    expect(store.letters[0]).toMatchObject({ code: 'MessageTooLarge', deviceId: 'a', id: 'ingest-a-0' });
+    expect(sink.calls).toHaveLength(0);
+  });
+
+  it('writes all dead letters of a batch in one call', async () => {
+    let calls = 0;
+    const store: DeadLetterStore = {
+      put: async () => {
+        calls += 1;
+      },
+    };
+    await routeBatch([raw('x'), raw('y'), raw('z')], deps(new FakeSink(), store).deps);
+    expect(calls).toBe(1);
+  });
+
+  it('retries from the first bad record when the dead-letter store throws, and still delivers the good ones', async () => {
+    const sink = new FakeSink();
+    const records = [
+      message('a', 'a-0'),
+      message('a', 'a-1'),
+      raw('bad 1'),
+      message('b', 'b-0'),
+      raw('bad 2'),
+    ];
+    const { deps: d, log } = deps(sink, new FakeDeadLetters(true));
+    const result = await routeBatch(records, d);
+    expect(result).toEqual({ delivered: 3, deadLettered: 0, retryFrom: records[2]?.sequenceNumber });
+    expect(sink.writtenIds.sort()).toEqual(['a-0', 'a-1', 'b-0']);
+    expect(log.lines.some((l) => l.level === 'error' && l.message === 'dead-letter write failed')).toBe(true);
+  });
+});
+
+describe('routeBatch: PutRecords limits', () => {
+  it('splits a layer of more than 500 devices into calls of at most 500 entries', async () => {
+    const sink = new FakeSink();
+    const devices = Array.from({ length: 1_201 }, (_, i) => `dev-${i}`);
+    const result = await routeBatch(interleaved(devices, 1), deps(sink).deps);
+    expect(result).toEqual({ delivered: 1_201, deadLettered: 0 });
+    expect(sink.calls.map((c) => c.length)).toEqual([500, 500, 201]);
+  });
+
+  it('keeps each call under 5 MiB', async () => {
+    const sink = new FakeSink();
+    const body = JSON.stringify({ blob: 'x'.repeat(200 * 1024) });
+    const records = Array.from({ length: 40 }, (_, i) => message(`big-${i}`, `big-${i}-0`, body));
+    const result = await routeBatch(records, deps(sink).deps);
+    expect(result).toEqual({ delivered: 40, deadLettered: 0 });
+    expect(sink.calls.length).toBeGreaterThan(1);
+    for (const call of sink.calls) {
+      expect(call.reduce((n, e) => n + e.data.length, 0)).toBeLessThanOrEqual(5 * 1024 * 1024);
+    }
+  });
+});
+
+describe('routeBatch under steady partial throttling', () => {
+  it('keeps going while every call writes something, and delivers everything', async () => {
+    const { routeBatch: route } = await import('../../functions/core/d2c/router.ts');
+    const ingest = (device: string, n: number) => ({
+      sequenceNumber: `${device}-${n}`,
+      data: Buffer.from(
+        JSON.stringify({
+          body: '',
+          topic: `devices/${device}/messages/events/`,
+          clientId: device,
+          enqueuedTime: 0,
+          ingestId: `${device}-${n}`,
+        }),
+      ),
+    });
+    const records = Array.from({ length: 30 }, (_, n) => [ingest('a', n), ingest('b', n)]).flat();
+    const written: string[] = [];
+    let calls = 0;
+    const result = await route(records, {
+      // Every call throttles all but the first entry: progress is slow but steady.
+      builtIn: {
+        put: async (entries) => {
+          calls += 1;
+          return entries.map((e, i) => {
+            if (i === 0) written.push(e.partitionKey);
+            return i === 0;
+          });
+        },
+      },
+      deadLetters: { put: async () => undefined },
+      log: { info: () => undefined, warn: () => undefined, error: () => undefined },
+      limits: { maxMessageBytes: 1024 },
+      sleep: async () => undefined,
+    });
+    expect(result.retryFrom).toBeUndefined();
+    expect(result.delivered).toBe(60);
+    expect(written).toHaveLength(60);
+    expect(calls).toBeGreaterThan(4);
+  });
+});
