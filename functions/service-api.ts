@@ -1,0 +1,137 @@
+import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
+import { dynamoDocumentClient, iotDataClient } from './adapters/aws-clients.ts';
+import { IotConnections } from './adapters/connections.ts';
+import { powertoolsLog } from './adapters/log.ts';
+import { DynamoDbDeviceRegistry } from './adapters/registry-dynamodb.ts';
+import { requireEnv } from './core/env.ts';
+import { ValidationError } from './core/errors.ts';
+import type { DeviceRegistry } from './core/identity/registry.ts';
+import type { Log } from './core/ports.ts';
+import {
+  type ApiRequest,
+  type ApiResponse,
+  dispatch,
+  errorResponse,
+  MAX_BODY_BYTES,
+  RequestEntityTooLargeError,
+  type RouteEntry,
+  RouteTable,
+} from './core/service-api/http.ts';
+import { type DeviceConnections, registryRoutes } from './core/service-api/registry-routes.ts';
+
+/** What the service API handler needs. */
+export interface ServiceApiDeps {
+  /** The identity registry. */
+  readonly registry: DeviceRegistry;
+  /** Cuts the live connection of a device that was disabled or deleted. */
+  readonly connections: DeviceConnections;
+  /** Request log (one info line per request) and error log. */
+  readonly log: Log;
+  /** Routes of other modules (C2D, twins, ...), added after the registry routes. @default [] */
+  readonly extraRoutes?: readonly RouteEntry[];
+  /** Largest accepted body in bytes, after base64 decoding. @default MAX_BODY_BYTES (256 KB) */
+  readonly maxBodyBytes?: number;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * Turns a Function URL event (payload format 2.0) into an {@link ApiRequest}: base64 bodies are decoded,
+ * bodies over `maxBodyBytes` throw `RequestEntityTooLargeError` (413), bodies that are not UTF-8 a 400.
+ */
+export function toApiRequest(event: APIGatewayProxyEventV2, maxBodyBytes = MAX_BODY_BYTES): ApiRequest {
+  const headers: Record<string, string> = {};
+  for (const [name, value] of Object.entries(event.headers ?? {})) {
+    if (value !== undefined) headers[name.toLowerCase()] = value;
+  }
+  const query: Record<string, string> = {};
+  for (const [name, value] of Object.entries(event.queryStringParameters ?? {})) {
+    if (value !== undefined) query[name] = value;
+  }
+  let body: string | undefined;
+  if (event.body !== undefined) {
+    const bytes = Buffer.from(event.body, event.isBase64Encoded ? 'base64' : 'utf8');
+    if (bytes.length > maxBodyBytes) throw new RequestEntityTooLargeError(bytes.length, maxBodyBytes);
+    try {
+      body = utf8.decode(bytes);
+    } catch {
+      throw new ValidationError('InvalidRequestBody', 'body: not valid UTF-8', { field: 'body' });
+    }
+  }
+  return {
+    method: event.requestContext.http.method.toUpperCase(),
+    path: event.rawPath,
+    query,
+    headers,
+    body,
+  };
+}
+
+function toResult(response: ApiResponse): APIGatewayProxyStructuredResultV2 {
+  return {
+    statusCode: response.status,
+    headers: { ...response.headers },
+    body: response.body,
+    isBase64Encoded: false,
+  };
+}
+
+function describeError(error: unknown): Record<string, unknown> {
+  return error instanceof Error
+    ? { name: error.name, message: error.message, stack: error.stack }
+    : { value: String(error) };
+}
+
+/**
+ * The service API: one Lambda behind a Function URL. It does not authenticate: in the cloud the Function
+ * URL's `AWS_IAM` auth type checks SigV4 before it runs; in the local hub the HTTP server checks the service
+ * key before invoking it. Logs every request (method, path, status, ms) at info, and 5xx errors in full.
+ *
+ * @example
+ * const handle = makeHandler({ registry: new MemoryDeviceRegistry(), connections, log });
+ * await handle(functionUrlEvent); // { statusCode: 201, headers: { etag: '"..."', ... }, body: '{...}' }
+ */
+export function makeHandler(deps: ServiceApiDeps) {
+  const table = new RouteTable([
+    ...registryRoutes({
+      registry: deps.registry,
+      log: deps.log,
+      onDeviceDisabledOrDeleted: (deviceId) => deps.connections.disconnect(deviceId),
+    }),
+    ...(deps.extraRoutes ?? []),
+  ]);
+  const onInternalError = (error: unknown): void => deps.log.error('request failed', describeError(error));
+
+  return async (event: APIGatewayProxyEventV2): Promise<APIGatewayProxyStructuredResultV2> => {
+    const started = performance.now();
+    let response: ApiResponse;
+    try {
+      response = await dispatch(table, toApiRequest(event, deps.maxBodyBytes), onInternalError);
+    } catch (error) {
+      response = errorResponse(error);
+      if (response.status >= 500) onInternalError(error);
+    }
+    deps.log.info('request', {
+      method: event.requestContext.http.method,
+      path: event.rawPath,
+      status: response.status,
+      ms: Math.round(performance.now() - started),
+      requestId: event.requestContext.requestId,
+    });
+    return toResult(response);
+  };
+}
+
+function defaultDeps(env: NodeJS.ProcessEnv): ServiceApiDeps {
+  return {
+    registry: new DynamoDbDeviceRegistry({
+      client: dynamoDocumentClient(),
+      tableName: requireEnv(env, 'REGISTRY_TABLE_NAME'),
+    }),
+    connections: new IotConnections(iotDataClient()),
+    log: powertoolsLog('service-api'),
+  };
+}
+
+/** The Lambda entry point. */
+export const handler = makeHandler(defaultDeps(process.env));
