@@ -40,6 +40,14 @@ export const HubConfigSchema = z
       .min(1)
       .max(256 * 1024)
       .default(256 * 1024),
+    /**
+     * Host name devices and back ends put in SAS tokens (`sr`) and connection strings. In the cloud,
+     * your IoT Core data endpoint (`aws iot describe-endpoint --endpoint-type iot:Data-ATS`) or custom domain.
+     */
+    hostName: z
+      .string()
+      .regex(/^[a-zA-Z0-9.-]{1,253}$/, 'a DNS host name')
+      .default('localhost'),
     /** MQTT topic filter of the ingest rule. Change it only with the device topic scheme. */
     d2cTopicFilter: z.string().min(1).default('devices/+/messages/events/#'),
   })

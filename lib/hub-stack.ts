@@ -3,6 +3,7 @@ import type { Construct } from 'constructs';
 import { BuiltInEndpoint } from './built-in-endpoint.ts';
 import type { HubConfig } from './config.ts';
 import { D2CPipeline } from './d2c-pipeline.ts';
+import { Identity } from './identity.ts';
 import { HubTable } from './tables.ts';
 
 /** Props of {@link HubStack}. */
@@ -18,6 +19,7 @@ export class HubStack extends Stack {
   readonly ledger: HubTable;
   readonly deadLetters: HubTable;
   readonly d2c: D2CPipeline;
+  readonly identity: Identity;
 
   constructor(scope: Construct, id: string, props: HubStackProps) {
     super(scope, id, props);
@@ -33,6 +35,13 @@ export class HubStack extends Stack {
       deadLetters: this.deadLetters.table,
     });
 
+    this.identity = new Identity(this, 'Identity', {
+      config,
+      registry: this.registry.table,
+      deadLetters: this.deadLetters.table,
+    });
+
+    new CfnOutput(this, 'RegistryTableName', { value: this.registry.table.tableName });
     new CfnOutput(this, 'BuiltInEndpointStreamName', { value: this.builtInEndpoint.stream.streamName });
     new CfnOutput(this, 'DeadLetterTableName', { value: this.deadLetters.table.tableName });
   }

@@ -1,7 +1,9 @@
+import { Stack } from 'aws-cdk-lib';
 import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as iot from 'aws-cdk-lib/aws-iot';
 import type * as kinesis from 'aws-cdk-lib/aws-kinesis';
+import type * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 
 /** An IoT rule action that grants its own permissions on the rule's role when bound. */
@@ -67,6 +69,22 @@ export class DynamoPutAction implements ITopicRuleAction {
         payloadField: this.props.payloadField,
       },
     };
+  }
+}
+
+/**
+ * Invokes a function asynchronously with the rule's output (the IoT `lambda` action). The
+ * function's resource policy lets IoT rules of this account invoke it.
+ */
+export class LambdaInvokeAction implements ITopicRuleAction {
+  constructor(private readonly fn: lambda.IFunction) {}
+
+  bind(_role: iam.IRole): iot.CfnTopicRule.ActionProperty {
+    this.fn.addPermission('InvokedByIotRules', {
+      principal: new iam.ServicePrincipal('iot.amazonaws.com'),
+      sourceAccount: Stack.of(this.fn).account,
+    });
+    return { lambda: { functionArn: this.fn.functionArn } };
   }
 }
 

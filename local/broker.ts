@@ -74,8 +74,8 @@ export interface RunningBroker {
   readonly ports: { readonly mqtt: number; readonly mqtts: number; readonly ws: number };
   /** Publishes as the hub (data plane, C2D delivery): no rules, no authorization. */
   publish(topic: string, payload: Buffer, qos: 0 | 1): Promise<void>;
-  /** Disconnects a device's live connection, if any. */
-  disconnect(deviceId: string): void;
+  /** Disconnects a device's live connection; false when it had none. */
+  disconnect(deviceId: string): boolean;
   close(): Promise<void>;
 }
 
@@ -212,8 +212,11 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
         );
       }),
     disconnect: (deviceId) => {
-      const client = (broker as unknown as { clients: Record<string, Client> }).clients[deviceId];
-      client?.close();
+      const client = (broker as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId];
+      if (!client) return false;
+      log(`disconnecting '${deviceId}' on request`);
+      client.close();
+      return true;
     },
     close: async () => {
       for (const c of wss.clients) c.terminate();

@@ -5,6 +5,8 @@ import type { AddressInfo } from 'node:net';
 export interface DataPlaneDeps {
   /** Runs the rules on the message (as IoT Core does for HTTP publishes) and then publishes it. */
   readonly publish: (topic: string, payload: Buffer, qos: 0 | 1) => Promise<void>;
+  /** Closes a client's connection; false when it is not connected. */
+  readonly disconnect: (clientId: string) => boolean;
   readonly maxMessageBytes: number;
   readonly log: (line: string) => void;
 }
@@ -32,7 +34,8 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer | u
 }
 
 /**
- * The IoT data-plane REST API as far as the hub uses it (`POST /topics/{topic}?qos=`), so
+ * The IoT data-plane REST API as far as the hub uses it (`POST /topics/{topic}?qos=`,
+ * `DELETE /connections/{clientId}`), so
  * `@aws-sdk/client-iot-data-plane` works against it unchanged. Errors use the data plane's
  * JSON shape (`{ message }` with the exception name in `x-amzn-errortype`).
  */
@@ -65,6 +68,13 @@ export async function startDataPlane(
           res.setHeader('x-amzn-errortype', 'InternalFailureException');
           return reply(res, 500, { message: 'publish failed' });
         }
+      }
+      const connection = /^\/connections\/([^/]+)$/.exec(url.pathname);
+      if (req.method === 'DELETE' && connection?.[1]) {
+        const clientId = decodeURIComponent(connection[1]);
+        if (deps.disconnect(clientId)) return reply(res, 200, {});
+        res.setHeader('x-amzn-errortype', 'ResourceNotFoundException');
+        return reply(res, 404, { message: `client '${clientId}' is not connected` });
       }
       res.setHeader('x-amzn-errortype', 'ResourceNotFoundException');
       reply(res, 404, { message: `no data-plane operation ${req.method} ${url.pathname} in the local hub` });

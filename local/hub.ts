@@ -118,6 +118,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     const dataPlane = await startDataPlane(host, ports.dataPlane, {
       maxMessageBytes: options.maxMessageBytes,
       log,
+      disconnect: (clientId) => brokerRef?.disconnect(clientId) ?? false,
       publish: async (topic, payload, qos) => {
         await rulesRef?.ingest({ topic, payload, clientId: '', principal: 'dataplane' });
         await brokerRef?.publish(topic, payload, qos);
@@ -137,6 +138,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
         AWS_ENDPOINT_URL_KINESIS: kinesisServer.url,
         AWS_ENDPOINT_URL_IOT_DATA_PLANE: dataPlane.url,
         AWS_XRAY_CONTEXT_MISSING: 'IGNORE_ERROR',
+        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
         POWERTOOLS_LOG_LEVEL: process.env.HUB_FUNCTION_LOG_LEVEL ?? 'WARN',
       },
       log,

@@ -27,6 +27,9 @@ Starts the local hub: MQTT front door, DynamoDB and Kinesis emulators, rules, fu
   -h, --help            this text
 `;
 
+// The hub runs on the machine's Node; Lambda gets Node 24. The SDK's notice about Node 20 is noise here.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
 const { values } = parseArgs({
   options: {
     'data-dir': { type: 'string' },

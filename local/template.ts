@@ -89,6 +89,12 @@ export interface LocalSchedule {
   readonly everyMs: number;
   readonly functionLogicalIds: readonly string[];
 }
+/** A Lambda Function URL: locally an HTTP server in front of the function. */
+export interface LocalFunctionUrl {
+  readonly logicalId: string;
+  readonly functionLogicalId: string;
+  readonly authType: string;
+}
 /** Everything the local hub runs, derived from one template. */
 export interface LocalModel {
   readonly tables: readonly LocalTable[];
@@ -98,6 +104,7 @@ export interface LocalModel {
   readonly rules: readonly LocalRule[];
   readonly kinesisMappings: readonly LocalKinesisMapping[];
   readonly schedules: readonly LocalSchedule[];
+  readonly functionUrls: readonly LocalFunctionUrl[];
   /** Stack outputs, resolved to local values (e.g. `BuiltInEndpointStreamName`). */
   readonly outputs: Readonly<Record<string, string>>;
 }
@@ -167,6 +174,8 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
             return arn;
           }
           if (attr === 'StreamArn') return `${arns.get(id)}/stream/local`;
+          // The local service API's address is known only once it listens; see LocalHubEndpoints.
+          if (attr === 'FunctionUrl') return `local-function-url://${id}`;
           throw new UnsupportedTemplateError(where, `Fn::GetAtt ${id}.${attr}`);
         }
         case 'Fn::Join': {
@@ -237,8 +246,10 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
     rules: LocalRule[];
     kinesisMappings: LocalKinesisMapping[];
     schedules: LocalSchedule[];
+    functionUrls: LocalFunctionUrl[];
     outputs: Record<string, string>;
   } = {
+    functionUrls: [],
     tables: [],
     streams: [],
     queues: [],
@@ -324,6 +335,13 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
         });
         break;
       }
+      case 'AWS::Lambda::Url':
+        model.functionUrls.push({
+          logicalId: id,
+          functionLogicalId: functionIdOf(props.TargetFunctionArn, id),
+          authType: String(props.AuthType),
+        });
+        break;
       case 'AWS::Events::Rule': {
         const expression = props.ScheduleExpression;
         if (typeof expression !== 'string') break;

@@ -103,6 +103,7 @@ describe('hub configuration errors', () => {
       hubName: 'serverless-iot-hub',
       builtInEndpoint: { retentionDays: 1, mode: 'on-demand' },
       maxMessageBytes: 256 * 1024,
+      hostName: 'localhost',
       d2cTopicFilter: 'devices/+/messages/events/#',
     });
   });

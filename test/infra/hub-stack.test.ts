@@ -63,7 +63,8 @@ function statementsOfRole(roleId: string): FlatStatement[] {
 
 describe('ingest IoT rule', () => {
   it('selects the D2C topics with the ingest SQL, version 2016-03-23, enabled', () => {
-    template.resourceCountIs('AWS::IoT::TopicRule', 1);
+    // The ingest rule and the presence rule.
+    template.resourceCountIs('AWS::IoT::TopicRule', 2);
     template.hasResourceProperties('AWS::IoT::TopicRule', {
       TopicRulePayload: Match.objectLike({
         Sql: ingestSql(D2C_TOPIC_FILTER),
