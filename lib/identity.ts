@@ -47,9 +47,13 @@ export class Identity extends Construct {
     Validations.of(this.serviceApi).acknowledge(
       {
         id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:iot:<AWS::Region>:<AWS::AccountId>:client/*]`,
-        reason: 'The service API may disconnect any device of this hub (DeleteConnection on client/{deviceId})',
+        reason:
+          'The service API may disconnect any device of this hub (DeleteConnection on client/{deviceId})',
       },
-      { id: 'Serverless-LambdaDLQ', reason: 'Invoked synchronously through its Function URL; errors go to the caller' },
+      {
+        id: 'Serverless-LambdaDLQ',
+        reason: 'Invoked synchronously through its Function URL; errors go to the caller',
+      },
     );
     this.serviceApiUrl = this.serviceApi.function.addFunctionUrl({
       authType: lambda.FunctionUrlAuthType.AWS_IAM,

@@ -1,7 +1,7 @@
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { type AddressInfo, createServer as createNetServer, type Server as NetServer } from 'node:net';
 import * as path from 'node:path';
-import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
+import { createServer as createTlsServer, type PeerCertificate, type Server as TlsServer } from 'node:tls';
 import { Aedes, type AuthenticateError, type Client, type PublishPacket, type Subscription } from 'aedes';
 import aedesPersistenceLevel from 'aedes-persistence-level';
 import { Level } from 'level';
@@ -14,6 +14,15 @@ export interface Identity {
   readonly deviceId: string;
   /** `{authType}:{deviceId}`, reported as `principal()` to the rules. */
   readonly principal: string;
+  /** When the credential expires; the connection is closed then, as IoT Hub does. */
+  readonly expiresAt?: Date;
+}
+
+/** A TLS client certificate's fingerprints, as the transport saw them. */
+export interface ClientCertificate {
+  readonly thumbprintSha1: string;
+  readonly thumbprintSha256: string;
+  readonly subjectCommonName?: string;
 }
 
 /** Decides who may connect. Issue-level auth (registry, SAS, X.509) plugs in here. */
@@ -22,6 +31,7 @@ export interface Authenticator {
     clientId: string;
     username: string | undefined;
     password: Buffer | undefined;
+    clientCertificate: ClientCertificate | undefined;
   }): Promise<Identity>;
 }
 
@@ -65,7 +75,35 @@ export interface BrokerOptions {
    * an acknowledged message is already durable. A rejection disconnects the client without PUBACK.
    */
   readonly ingest: (input: { topic: string; payload: Buffer; identity: Identity }) => Promise<void>;
+  /** Called when a device connects or disconnects (AWS IoT's presence events). */
+  readonly onPresence?: (event: PresenceEvent) => void;
   readonly log: (line: string) => void;
+}
+
+/** AWS IoT Core's lifecycle event, published on `$aws/events/presence/{eventType}/{clientId}`. */
+export interface PresenceEvent {
+  readonly clientId: string;
+  readonly timestamp: number;
+  readonly eventType: 'connected' | 'disconnected';
+  readonly sessionIdentifier: string;
+  readonly principalIdentifier: string;
+  readonly ipAddress?: string;
+  readonly versionNumber: number;
+  readonly clientInitiatedDisconnect?: boolean;
+  readonly disconnectReason?: string;
+}
+
+/** The TLS client certificate of a connection, if it presented one. */
+function clientCertificateOf(client: Client): ClientCertificate | undefined {
+  const conn = (client as unknown as { conn?: { getPeerCertificate?: () => PeerCertificate } }).conn;
+  const cert = conn?.getPeerCertificate?.();
+  if (!cert?.fingerprint) return undefined;
+  const cn = cert.subject?.CN;
+  return {
+    thumbprintSha1: cert.fingerprint,
+    thumbprintSha256: cert.fingerprint256,
+    ...(typeof cn === 'string' ? { subjectCommonName: cn } : {}),
+  };
 }
 
 /** The running front door. */
@@ -120,7 +158,12 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     persistence: aedesPersistenceLevel(db),
     authenticate: (client, username, password, done) => {
       options.authenticator
-        .authenticate({ clientId: client.id, username, password: password ?? undefined })
+        .authenticate({
+          clientId: client.id,
+          username,
+          password: password ?? undefined,
+          clientCertificate: clientCertificateOf(client),
+        })
         .then((identity) => {
           if (identity.deviceId !== client.id) {
             throw new ConnectionRefusedError(
@@ -129,6 +172,19 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
             );
           }
           identities.set(client, identity);
+          if (identity.expiresAt) {
+            // setTimeout holds at most ~24.8 days; a longer-lived token is cut off then and reconnects.
+            const ms = Math.max(0, Math.min(identity.expiresAt.getTime() - Date.now(), 2 ** 31 - 1));
+            const timer = setTimeout(() => {
+              log(`closing '${client.id}': its SAS token expired`);
+              client.close();
+            }, ms);
+            timer.unref();
+            (client as unknown as { conn?: { once?: (e: string, f: () => void) => void } }).conn?.once?.(
+              'close',
+              () => clearTimeout(timer),
+            );
+          }
           done(null, true);
         })
         .catch((error: unknown) => {

@@ -1,7 +1,11 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
+import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { DynamoDbDeviceRegistry } from '../functions/adapters/registry-dynamodb.ts';
+import { authenticateDevice, connectionRefusal } from '../functions/core/identity/authenticate.ts';
+import type { DeviceRegistry } from '../functions/core/identity/registry.ts';
 import { PROJECT_ROOT } from '../lib/hub-function.ts';
-import { type Authenticator, openAuthenticator, type RunningBroker, startBroker } from './broker.ts';
+import { type Authenticator, ConnectionRefusedError, type RunningBroker, startBroker } from './broker.ts';
 import { CheckpointStore } from './checkpoints.ts';
 import { startDataPlane } from './data-plane.ts';
 import {
@@ -14,9 +18,11 @@ import {
   startDynamo,
   startKinesis,
 } from './emulators.ts';
+import { startFunctionUrl } from './function-url.ts';
 import { KinesisMapping } from './kinesis-mapping.ts';
 import { LambdaRunner } from './lambda-runner.ts';
 import { RulesEngine } from './rules-engine.ts';
+import { refuseServiceCaller, serviceCredentials } from './service-credentials.ts';
 import { type CfnTemplate, type LocalModel, readTemplate } from './template.ts';
 import { serverCertificate } from './tls.ts';
 
@@ -28,6 +34,7 @@ export interface LocalHubPorts {
   readonly dynamodb: number;
   readonly kinesis: number;
   readonly dataPlane: number;
+  readonly serviceApi: number;
 }
 
 /** The ports a new user gets, as IoT tooling expects them. */
@@ -38,6 +45,7 @@ export const DEFAULT_PORTS: LocalHubPorts = {
   dynamodb: 8000,
   kinesis: 4567,
   dataPlane: 8090,
+  serviceApi: 8088,
 };
 
 /** Options of {@link startLocalHub}. */
@@ -52,8 +60,8 @@ export interface LocalHubOptions {
   readonly ports?: Partial<LocalHubPorts>;
   /** Largest D2C payload the front door takes. */
   readonly maxMessageBytes: number;
-  /** @default openAuthenticator (every client id is a device) */
-  readonly authenticator?: Authenticator;
+  /** Host name in SAS tokens and connection strings (the hub config's `hostName`). */
+  readonly hostName: string;
   /** @default console.log with a timestamp */
   readonly log?: (line: string) => void;
 }
@@ -66,6 +74,11 @@ export interface LocalHubEndpoints {
   readonly dynamodb: string;
   readonly kinesis: string;
   readonly dataPlane: string;
+  /** The service API (the stack's Function URL), authenticated with the service token. */
+  readonly serviceApi: string;
+  /** File holding a one-year service SAS token: `Authorization: $(cat serviceTokenPath)`. */
+  readonly serviceTokenPath: string;
+  readonly hostName: string;
   readonly caCertificate: string;
   readonly region: string;
   readonly builtInStream: string;
@@ -163,6 +176,43 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     });
     rulesRef = rules;
 
+    const registryTable = model.outputs.RegistryTableName;
+    if (!registryTable) throw new Error('the template has no RegistryTableName output');
+    const documents = DynamoDBDocumentClient.from(dynamoClient, {
+      marshallOptions: { removeUndefinedValues: true },
+    });
+    const registry: DeviceRegistry = new DynamoDbDeviceRegistry({
+      client: documents,
+      tableName: registryTable,
+    });
+    const authenticator: Authenticator = {
+      // The same decision the cloud's custom authorizer makes, against the same registry table.
+      authenticate: async ({ clientId, username, password, clientCertificate }) => {
+        const decision = await authenticateDevice(
+          {
+            clientId,
+            username,
+            password,
+            // CA-signed devices need registered CAs, which the local hub does not have yet.
+            clientCertificate: clientCertificate && {
+              ...clientCertificate,
+              issuerMatchesRegisteredCa: false,
+            },
+          },
+          { registry, hostName: options.hostName, now: () => new Date() },
+        );
+        if (!decision.ok) {
+          const refusal = connectionRefusal(decision);
+          throw new ConnectionRefusedError(refusal.returnCode, refusal.message);
+        }
+        return {
+          deviceId: decision.deviceId,
+          principal: decision.principal,
+          ...(decision.expiresAt ? { expiresAt: decision.expiresAt } : {}),
+        };
+      },
+    };
+
     const certificate = await serverCertificate(dataDir);
     const broker = await startBroker({
       dataDir,
@@ -170,8 +220,14 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       ports,
       certificate,
       maxMessageBytes: options.maxMessageBytes,
-      authenticator: options.authenticator ?? openAuthenticator,
+      authenticator,
       log,
+      onPresence: (event) => {
+        const topic = `$aws/events/presence/${event.eventType}/${event.clientId}`;
+        rules
+          .ingest({ topic, payload: Buffer.from(JSON.stringify(event)), clientId: '', principal: 'iot' })
+          .catch((error: unknown) => log(`presence event for '${event.clientId}' lost: ${String(error)}`));
+      },
       ingest: async ({ topic, payload, identity }) => {
         await rules.ingest({ topic, payload, clientId: identity.deviceId, principal: identity.principal });
       },
@@ -215,6 +271,18 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       closers.push(async () => clearInterval(timer));
     }
 
+    const credentials = serviceCredentials(dataDir, options.hostName);
+    const [functionUrl, ...moreUrls] = model.functionUrls;
+    if (!functionUrl || moreUrls.length > 0)
+      throw new Error('the local hub expects exactly one Function URL');
+    const serviceApi = await startFunctionUrl(host, ports.serviceApi, {
+      invoke: (event) => runner.invoke(functionUrl.functionLogicalId, event),
+      refuse: (authorization) => refuseServiceCaller(authorization, credentials),
+      log,
+      maxBodyBytes: 6 * 1024 * 1024,
+    });
+    closers.push(() => serviceApi.close());
+
     const endpoints: LocalHubEndpoints = {
       mqtt: `mqtt://${host}:${broker.ports.mqtt}`,
       mqtts: `mqtts://${host}:${broker.ports.mqtts}`,
@@ -222,6 +290,9 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       dynamodb: dynamo.url,
       kinesis: kinesisServer.url,
       dataPlane: dataPlane.url,
+      serviceApi: serviceApi.url,
+      serviceTokenPath: credentials.tokenPath,
+      hostName: options.hostName,
       caCertificate: certificate.certPath,
       region: LOCAL_REGION,
       builtInStream: model.outputs.BuiltInEndpointStreamName ?? '',

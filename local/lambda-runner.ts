@@ -104,6 +104,8 @@ class Environment {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
+        // Only the environment this invocation ran in is replaced, never a newer one.
+        if (this.worker !== worker) return;
         this.log(
           `function ${this.fn.logicalId} timed out after ${this.fn.timeoutSeconds}s; environment replaced`,
         );
@@ -118,8 +120,7 @@ class Environment {
 
   async close(): Promise<void> {
     const worker = this.worker;
-    this.worker = undefined;
-    this.ready = undefined;
+    this.reset(new FunctionError(this.fn.name, 'Runtime.ExitError', 'the local hub is shutting down'));
     await worker?.terminate();
   }
 }

@@ -22,6 +22,7 @@ Starts the local hub: MQTT front door, DynamoDB and Kinesis emulators, rules, fu
   --dynamodb-port N     DynamoDB-compatible endpoint (default ${DEFAULT_PORTS.dynamodb})
   --kinesis-port N      Kinesis-compatible endpoint (default ${DEFAULT_PORTS.kinesis})
   --data-plane-port N   IoT data-plane endpoint (default ${DEFAULT_PORTS.dataPlane})
+  --service-api-port N  service API (default ${DEFAULT_PORTS.serviceApi})
   --template FILE       run this synthesized template instead of synthesizing the stack
   --json                print one JSON line {"event":"ready",...} instead of the banner
   -h, --help            this text
@@ -40,6 +41,7 @@ const { values } = parseArgs({
     'dynamodb-port': { type: 'string' },
     'kinesis-port': { type: 'string' },
     'data-plane-port': { type: 'string' },
+    'service-api-port': { type: 'string' },
     template: { type: 'string' },
     json: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
@@ -83,7 +85,9 @@ const hub = await startLocalHub({
     dynamodb: port('dynamodb', values['dynamodb-port']),
     kinesis: port('kinesis', values['kinesis-port']),
     dataPlane: port('dataPlane', values['data-plane-port']),
+    serviceApi: port('serviceApi', values['service-api-port']),
   },
+  hostName: config.hostName,
 });
 const e = hub.endpoints;
 const mqttPort = new URL(e.mqtt).port;
@@ -99,12 +103,16 @@ serverless-iot-hub local hub is up (${((Date.now() - started) / 1000).toFixed(1)
   DynamoDB        ${e.dynamodb}
   Kinesis         ${e.kinesis}
   IoT data plane  ${e.dataPlane}
+  service API     ${e.serviceApi}   (Authorization: $(cat ${e.serviceTokenPath}))
   data directory  ${e.dataDir}
   built-in endpoint stream  ${e.builtInStream}
   rules           ${hub.model.rules.map((r) => r.sql.replace(/^.* FROM /, 'FROM ')).join('\n                  ')}
 
-Send a message as device d1:
-  mosquitto_pub -h 127.0.0.1 -p ${mqttPort} -i d1 -q 1 -t 'devices/d1/messages/events/$.ct=application%2Fjson&$.ce=utf-8' -m '{"temp":21.5}'
+Create device d1 and get its connection string and MQTT credentials:
+  npm run device -- d1
+Send a message as d1 (username/password as printed by the command above):
+  mosquitto_pub -h 127.0.0.1 -p ${mqttPort} -i d1 -u "$USERNAME" -P "$PASSWORD" -q 1 \\
+    -t 'devices/d1/messages/events/$.ct=application%2Fjson&$.ce=utf-8' -m '{"temp":21.5}'
 Read the built-in endpoint:
   npm run tail                  (or with the AWS CLI against ${e.kinesis}, region ${e.region})
 

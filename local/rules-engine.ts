@@ -98,14 +98,17 @@ export class RulesEngine {
       newuuid: randomUUID,
     };
     let matched = 0;
+    const runs: Promise<void>[] = [];
     for (const rule of this.rules) {
       if (!rule.sql.matchesTopic(input.topic)) continue;
       const output = rule.sql.evaluatePayload(ctx);
       if (output === undefined) continue;
       matched += 1;
-      // A rule's actions run independently of each other; each failure goes to the error action.
-      await Promise.all(rule.actions.map((action) => this.runAction(rule, action, ctx, output)));
+      // Rules, and the actions of a rule, run independently; each failure goes to its error action.
+      for (const action of rule.actions) runs.push(this.runAction(rule, action, ctx, output));
     }
+    const failed = (await Promise.allSettled(runs)).find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
     return matched;
   }
 

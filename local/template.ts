@@ -184,7 +184,9 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
         }
         case 'Fn::Sub': {
           const [text, vars] = (Array.isArray(arg) ? arg : [arg, {}]) as [string, Record<string, unknown>];
-          return text.replace(/\$\{([^}!]+)\}/g, (_, name: string) => {
+          return text.replace(/\$\{([^}]+)\}/g, (_, name: string) => {
+            // `${!Literal}` is CloudFormation's escape for a literal `${Literal}`.
+            if (name.startsWith('!')) return `\${${name.slice(1)}}`;
             if (name in vars) return String(resolve(vars[name], where));
             if (name.endsWith('.Arn'))
               return String(resolve({ 'Fn::GetAtt': [name.slice(0, -4), 'Arn'] }, where));
@@ -263,7 +265,20 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
     model.outputs[key] = String(resolve(output.Value, `Outputs.${key}`));
   }
 
+  // Only the resource types the hub runs are read; others (permissions, roles, authorizers) may use
+  // attributes that have no local value, and must not make the template unreadable.
+  const RUN = new Set([
+    'AWS::DynamoDB::Table',
+    'AWS::Kinesis::Stream',
+    'AWS::SQS::Queue',
+    'AWS::Lambda::Function',
+    'AWS::IoT::TopicRule',
+    'AWS::Lambda::EventSourceMapping',
+    'AWS::Lambda::Url',
+    'AWS::Events::Rule',
+  ]);
   for (const [id, r] of Object.entries(resources)) {
+    if (!RUN.has(r.Type)) continue;
     const props = (resolve(r.Properties ?? {}, id) ?? {}) as Record<string, unknown>;
     const name = names.get(id) ?? id;
     switch (r.Type) {

@@ -10,6 +10,7 @@ import { buildHub, HUB_STACK_ID } from '../../lib/app.ts';
 import { parseHubConfig } from '../../lib/config.ts';
 import { LOCAL_CREDENTIALS, localDynamoClient } from '../../local/emulators.ts';
 import { type ReadRecord, waitForRecords } from '../support/built-in.ts';
+import { registerDevice } from '../support/devices.ts';
 import { type HubProcess, startHubProcess, tempDataDir } from '../support/hub-process.ts';
 
 function hasCommand(name: string): boolean {
@@ -35,7 +36,9 @@ describe('the first end-to-end path on the local hub', () => {
   });
 
   it('delivers 1,000 QoS 1 messages from an mqtt.js device to the built-in endpoint, in order, keyed by device id', async () => {
-    const device = await mqtt.connectAsync(hub.endpoints.mqtt, { clientId: 'bulk-1' });
+    const device = await mqtt.connectAsync(hub.endpoints.mqtt, {
+      ...(await registerDevice(hub.endpoints, 'bulk-1')),
+    });
     const sends: Promise<unknown>[] = [];
     for (let n = 0; n < 1000; n++) {
       sends.push(
@@ -64,7 +67,9 @@ describe('the first end-to-end path on the local hub', () => {
   });
 
   it('decodes JSON bodies and the property bag into the envelope', async () => {
-    const device = await mqtt.connectAsync(hub.endpoints.mqtt, { clientId: 'json-1' });
+    const device = await mqtt.connectAsync(hub.endpoints.mqtt, {
+      ...(await registerDevice(hub.endpoints, 'json-1')),
+    });
     await device.publishAsync(
       'devices/json-1/messages/events/$.mid=j1&$.cid=c9&$.ct=application%2Fjson&$.ce=utf-8&alert=high%20temp',
       JSON.stringify({ temp: 21.5, nested: { ok: true } }),
@@ -89,13 +94,15 @@ describe('the first end-to-end path on the local hub', () => {
   it('accepts devices over TLS (with the printed CA) and over WebSocket', async () => {
     const ca = readFileSync(hub.endpoints.caCertificate);
     const tls = await mqtt.connectAsync(hub.endpoints.mqtts, {
-      clientId: 'tls-1',
+      ...(await registerDevice(hub.endpoints, 'tls-1')),
       ca,
       servername: 'localhost',
     });
     await tls.publishAsync('devices/tls-1/messages/events/$.mid=t1', 'over tls', { qos: 1 });
     await tls.endAsync();
-    const ws = await mqtt.connectAsync(hub.endpoints.ws, { clientId: 'ws-1' });
+    const ws = await mqtt.connectAsync(hub.endpoints.ws, {
+      ...(await registerDevice(hub.endpoints, 'ws-1')),
+    });
     await ws.publishAsync('devices/ws-1/messages/events/$.mid=w1', 'over ws', { qos: 1 });
     await ws.endAsync();
     const records = await waitForRecords(hub.endpoints.kinesis, hub.endpoints.builtInStream, (r) =>
@@ -111,7 +118,12 @@ describe('the first end-to-end path on the local hub', () => {
       const port = new URL(hub.endpoints.mqtt).port;
       // One connection, one message per stdin line (-l), QoS 1: mosquitto_pub waits for each PUBACK.
       const lines = Array.from({ length: 1000 }, (_, n) => `line ${n}`).join('\n');
+      const credentials = await registerDevice(hub.endpoints, 'mosq-1');
       const child = spawn('mosquitto_pub', [
+        '-u',
+        credentials.username,
+        '-P',
+        credentials.password,
         '-h',
         '127.0.0.1',
         '-p',
@@ -147,7 +159,9 @@ describe('the first end-to-end path on the local hub', () => {
       region: hub.endpoints.region,
       credentials: LOCAL_CREDENTIALS,
     });
-    const watcher = await mqtt.connectAsync(hub.endpoints.mqtt, { clientId: 'watch-1' });
+    const watcher = await mqtt.connectAsync(hub.endpoints.mqtt, {
+      ...(await registerDevice(hub.endpoints, 'watch-1')),
+    });
     await watcher.subscribeAsync('devices/watch-1/messages/devicebound/#', { qos: 1 });
     const got = new Promise<string>((resolve) => watcher.on('message', (_t, p) => resolve(p.toString())));
     await client.send(
@@ -177,7 +191,10 @@ describe('bad input at the front door', () => {
     topic: string,
     payload: Buffer | string,
   ): Promise<void> {
-    const client = await mqtt.connectAsync(hub.endpoints.mqtt, { clientId, reconnectPeriod: 0 });
+    const client = await mqtt.connectAsync(hub.endpoints.mqtt, {
+      ...(await registerDevice(hub.endpoints, clientId)),
+      reconnectPeriod: 0,
+    });
     const closed = new Promise<void>((resolve) => client.once('close', () => resolve()));
     client.publish(topic, payload, { qos: 1 });
     await closed;
@@ -207,7 +224,9 @@ describe('bad input at the front door', () => {
   });
 
   it('refuses a subscription to another device’s topics', async () => {
-    const client = await mqtt.connectAsync(hub.endpoints.mqtt, { clientId: 'bad-5' });
+    const client = await mqtt.connectAsync(hub.endpoints.mqtt, {
+      ...(await registerDevice(hub.endpoints, 'bad-5')),
+    });
     // The broker answers SUBACK 0x80 (failure); mqtt.js turns that into a rejection.
     await expect(client.subscribeAsync('devices/other/messages/devicebound/#', { qos: 1 })).rejects.toThrow(
       /Subscribe error/,
@@ -217,7 +236,9 @@ describe('bad input at the front door', () => {
   });
 
   it('dead-letters a malformed property bag with the reason, and stays up', async () => {
-    const client = await mqtt.connectAsync(hub.endpoints.mqtt, { clientId: 'bad-6' });
+    const client = await mqtt.connectAsync(hub.endpoints.mqtt, {
+      ...(await registerDevice(hub.endpoints, 'bad-6')),
+    });
     await client.publishAsync('devices/bad-6/messages/events/$.bogus=1', 'x', { qos: 1 });
     await client.publishAsync('devices/bad-6/messages/events/ok=%E0%A4%A', 'y', { qos: 1 });
     await client.publishAsync('devices/bad-6/messages/events/$.mid=fine', 'z', { qos: 1 });
@@ -237,7 +258,9 @@ describe('bad input at the front door', () => {
   });
 
   it('is still up and delivering after all of the above', async () => {
-    const client = await mqtt.connectAsync(hub.endpoints.mqtt, { clientId: 'good-1' });
+    const client = await mqtt.connectAsync(hub.endpoints.mqtt, {
+      ...(await registerDevice(hub.endpoints, 'good-1')),
+    });
     await client.publishAsync('devices/good-1/messages/events/$.mid=after-bad', 'ok', { qos: 1 });
     await client.endAsync();
     const records = await waitForRecords(hub.endpoints.kinesis, hub.endpoints.builtInStream, (r) =>
@@ -251,7 +274,10 @@ describe('crash and restart', () => {
   it('keeps every PUBACKed message across a SIGKILL mid-flight and a restart on the same data directory', async () => {
     const dataDir = tempDataDir();
     let hub = await startHubProcess({ dataDir });
-    const device = await mqtt.connectAsync(hub.endpoints.mqtt, { clientId: 'crash-1', reconnectPeriod: 0 });
+    const device = await mqtt.connectAsync(hub.endpoints.mqtt, {
+      ...(await registerDevice(hub.endpoints, 'crash-1')),
+      reconnectPeriod: 0,
+    });
     device.on('error', () => undefined);
     const acked = new Set<string>();
     let n = 0;
@@ -293,7 +319,9 @@ describe('crash and restart', () => {
   it('shuts down cleanly on SIGINT and a second start reuses the data', async () => {
     const dataDir = tempDataDir();
     let hub = await startHubProcess({ dataDir });
-    const device = await mqtt.connectAsync(hub.endpoints.mqtt, { clientId: 'restart-1' });
+    const device = await mqtt.connectAsync(hub.endpoints.mqtt, {
+      ...(await registerDevice(hub.endpoints, 'restart-1')),
+    });
     await device.publishAsync('devices/restart-1/messages/events/$.mid=before', 'x', { qos: 1 });
     await device.endAsync();
     await waitForRecords(hub.endpoints.kinesis, hub.endpoints.builtInStream, (r) =>
@@ -322,7 +350,9 @@ describe('the local hub follows the synthesized template', () => {
     writeFileSync(file, JSON.stringify(template));
     const hub = await startHubProcess({ dataDir: path.join(dir, 'data'), args: [`--template=${file}`] });
     try {
-      const device = await mqtt.connectAsync(hub.endpoints.mqtt, { clientId: 'filter-1' });
+      const device = await mqtt.connectAsync(hub.endpoints.mqtt, {
+        ...(await registerDevice(hub.endpoints, 'filter-1')),
+      });
       await device.publishAsync('devices/filter-1/messages/events/$.mid=low', 'not taken', { qos: 1 });
       await device.publishAsync('devices/filter-1/messages/events/priority=high', 'taken', { qos: 1 });
       await device.endAsync();

@@ -39,6 +39,7 @@ const ZERO_PORTS = [
   '--dynamodb-port=0',
   '--kinesis-port=0',
   '--data-plane-port=0',
+  '--service-api-port=0',
 ];
 
 /** Starts `local/main.ts --json` and resolves when it prints its ready line. */
