@@ -46,22 +46,6 @@ export class ConnectionRefusedError extends Error {
   }
 }
 
-/**
- * Before a registry exists every client id is its own device id; the id must still be usable as
- * a topic level. Replaced by the registry authenticator.
- */
-export const openAuthenticator: Authenticator = {
-  async authenticate({ clientId }) {
-    if (clientId === '' || /[/+#]/.test(clientId)) {
-      throw new ConnectionRefusedError(
-        2,
-        `client id '${clientId}' cannot be a device id (empty or has / + #)`,
-      );
-    }
-    return { deviceId: clientId, principal: `none:${clientId}` };
-  },
-};
-
 /** Options of {@link startBroker}. */
 export interface BrokerOptions {
   readonly dataDir: string;
@@ -236,10 +220,36 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     },
   });
   broker.on('clientError', (client, error) => log(`client '${client.id}' error: ${error.message}`));
+  const presence = (client: Client, eventType: 'connected' | 'disconnected') => {
+    const identity = identities.get(client);
+    if (!identity || !options.onPresence) return;
+    const remote = (client as unknown as { conn?: { remoteAddress?: string } }).conn?.remoteAddress;
+    options.onPresence({
+      clientId: client.id,
+      timestamp: Date.now(),
+      eventType,
+      sessionIdentifier: identity.principal,
+      principalIdentifier: identity.principal,
+      ...(remote ? { ipAddress: remote } : {}),
+      versionNumber: 0,
+      ...(eventType === 'disconnected'
+        ? { clientInitiatedDisconnect: false, disconnectReason: 'CONNECTION_LOST' }
+        : {}),
+    });
+  };
+  broker.on('client', (client) => presence(client, 'connected'));
+  broker.on('clientDisconnect', (client) => presence(client, 'disconnected'));
 
   const tcp = createNetServer(broker.handle);
+  // Client certificates are asked for but not chain-checked by TLS: X.509 devices are matched by
+  // thumbprint against the registry in the authenticate step, as IoT Hub does for self-signed ones.
   const tls = createTlsServer(
-    { key: options.certificate.key, cert: options.certificate.cert },
+    {
+      key: options.certificate.key,
+      cert: options.certificate.cert,
+      requestCert: true,
+      rejectUnauthorized: false,
+    },
     broker.handle,
   );
   const http = createHttpServer((_req, res) => {
