@@ -2,7 +2,6 @@ import { type App, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks, ServerlessChecks } from 'cdk-nag';
 import type { HubConfig } from './config.ts';
 import { HubStack } from './hub-stack.ts';
-import { acknowledgeNagFindings } from './nag.ts';
 
 /** The stack id of the hub, used by `cdk deploy` and by the local hub to find the template. */
 export const HUB_STACK_ID = 'ServerlessIotHub';
@@ -16,7 +15,6 @@ export function buildHub(app: App, config: HubConfig, stackId = HUB_STACK_ID): H
     config,
     description: `serverless-iot-hub '${config.hubName}': Azure IoT Hub's messaging model on AWS`,
   });
-  acknowledgeNagFindings(stack);
   Validations.of(app).addPlugins(new AwsSolutionsChecks(app), new ServerlessChecks(app));
   return stack;
 }
