@@ -6,6 +6,7 @@ import { Aedes, type AuthenticateError, type Client, type PublishPacket, type Su
 import aedesPersistenceLevel from 'aedes-persistence-level';
 import { Level } from 'level';
 import { createWebSocketStream, WebSocketServer } from 'ws';
+import { publishRefusal, subscribeRefusal } from '../functions/core/identity/topics.ts';
 import type { ServerCertificate } from './tls.ts';
 
 /** Who a connected client is, as the authenticate step established it. */
@@ -101,23 +102,6 @@ export interface RunningBroker {
   close(): Promise<void>;
 }
 
-/** Topic families a device may publish to, each bound to its own id. */
-export function mayPublish(deviceId: string, topic: string): string | undefined {
-  const own = `devices/${deviceId}/`;
-  if (topic.startsWith(own)) return undefined;
-  if (topic.startsWith(`$aws/things/${deviceId}/shadow/`)) return undefined;
-  const ingest = /^\$aws\/rules\/[^/]+\/(.*)$/.exec(topic);
-  if (ingest?.[1]?.startsWith(own)) return undefined;
-  return `device '${deviceId}' may publish only under 'devices/${deviceId}/' or its own shadow topics, not '${topic}'`;
-}
-
-/** Topic filters a device may subscribe to: only its own. */
-export function maySubscribe(deviceId: string, filter: string): string | undefined {
-  if (filter.startsWith(`devices/${deviceId}/`) || filter === `devices/${deviceId}/#`) return undefined;
-  if (filter.startsWith(`$aws/things/${deviceId}/shadow/`)) return undefined;
-  return `device '${deviceId}' may subscribe only under 'devices/${deviceId}/' or its own shadow topics, not '${filter}'`;
-}
-
 function listen(server: NetServer | TlsServer | HttpServer, host: string, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
@@ -183,7 +167,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     authorizePublish: (client, packet: PublishPacket, done) => {
       const identity = client ? identities.get(client) : undefined;
       if (!client || !identity) return done(new Error('publish from an unauthenticated client'));
-      const denied = mayPublish(identity.deviceId, packet.topic);
+      const denied = publishRefusal(identity.deviceId, packet.topic);
       if (denied) {
         log(`publish refused, disconnecting: ${denied}`);
         return done(new Error(denied));
@@ -211,7 +195,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     },
     authorizeSubscribe: (client, sub: Subscription, done) => {
       const identity = client ? identities.get(client) : undefined;
-      const denied = identity ? maySubscribe(identity.deviceId, sub.topic) : 'unauthenticated client';
+      const denied = identity ? subscribeRefusal(identity.deviceId, sub.topic) : 'unauthenticated client';
       if (denied) {
         log(`subscribe refused: ${denied}`);
         return done(null, null);

@@ -1,5 +1,6 @@
 import { LimitExceededError, ValidationError } from '../errors.ts';
 import { describeDeviceIdProblem } from './device-id.ts';
+import { deviceTopicPrefixes } from './topics.ts';
 
 /** Where the policy applies: the partition, region and account of the IoT Core endpoint. */
 export interface PolicyTarget {
@@ -90,7 +91,7 @@ function checkTarget(input: DevicePolicyInput): void {
 
 /**
  * The IoT Core policy for one authenticated device: it may connect only with its own client id and use
- * only its own topics, the same families the local broker allows (`mayPublish` / `maySubscribe`):
+ * only its own topics, the same families the local broker allows (`deviceTopicPrefixes` in `topics.ts`):
  *
  * | action | resources (under `arn:{partition}:iot:{region}:{account}:`) |
  * | --- | --- |
@@ -118,7 +119,7 @@ export function devicePolicyDocument(input: DevicePolicyInput): IotPolicyDocumen
   checkTarget(input);
   const arn = `arn:${input.partition}:iot:${input.region}:${input.account}`;
   const id = escapePolicyValue(input.deviceId);
-  const ownTopics = [`devices/${id}/*`, `$aws/things/${id}/shadow/*`];
+  const ownTopics = deviceTopicPrefixes(id).map((prefix) => `${prefix}*`);
   return {
     Version: '2012-10-17',
     Statement: [
