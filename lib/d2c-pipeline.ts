@@ -74,7 +74,7 @@ export class D2CPipeline extends Construct {
       entry: 'functions/router.ts',
       description: 'Routes D2C messages from the ingest stream to the built-in endpoint',
       timeout: Duration.seconds(60),
-      environment: { MAX_MESSAGE_BYTES: String(config.maxMessageBytes), HUB_NAME: config.hubName },
+      environment: { MAX_MESSAGE_BYTES: String(config.maxMessageBytes) },
     })
       .bindStreamWrite('BUILTIN_STREAM_NAME', props.builtInEndpoint)
       .bindTableWrite('DEADLETTER_TABLE_NAME', props.deadLetters);

@@ -5,6 +5,8 @@
  * local physical names, so the environment a handler sees here has the same shape as in Lambda.
  */
 
+import { ENTRY_METADATA_KEY } from '../lib/hub-function.ts';
+
 const REGION = 'us-east-1';
 const ACCOUNT = '000000000000';
 
@@ -116,8 +118,6 @@ export class UnsupportedTemplateError extends Error {
     this.name = 'UnsupportedTemplateError';
   }
 }
-
-const ENTRY_KEY = 'serverless-iot-hub:entry';
 
 /** Physical name the local hub gives a resource: stable across restarts, like a deployed stack's. */
 function physicalName(stackName: string, logicalId: string): string {
@@ -298,9 +298,12 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
         model.queues.push({ logicalId: id, name, arn: arns.get(id) ?? '' });
         break;
       case 'AWS::Lambda::Function': {
-        const entry = r.Metadata?.[ENTRY_KEY];
+        const entry = r.Metadata?.[ENTRY_METADATA_KEY];
         if (typeof entry !== 'string') {
-          throw new UnsupportedTemplateError(id, `function has no '${ENTRY_KEY}' metadata (use HubFunction)`);
+          throw new UnsupportedTemplateError(
+            id,
+            `function has no '${ENTRY_METADATA_KEY}' metadata (use HubFunction)`,
+          );
         }
         const env = ((props.Environment as { Variables?: Record<string, unknown> } | undefined)?.Variables ??
           {}) as Record<string, unknown>;
