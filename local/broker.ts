@@ -1,12 +1,13 @@
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
-import { type AddressInfo, createServer as createNetServer, type Server as NetServer } from 'node:net';
+import { createServer as createHttpServer } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
 import * as path from 'node:path';
-import { createServer as createTlsServer, type PeerCertificate, type Server as TlsServer } from 'node:tls';
+import { createServer as createTlsServer, type PeerCertificate } from 'node:tls';
 import { Aedes, type AuthenticateError, type Client, type PublishPacket, type Subscription } from 'aedes';
 import aedesPersistenceLevel from 'aedes-persistence-level';
 import { Level } from 'level';
 import { createWebSocketStream, WebSocketServer } from 'ws';
 import { publishRefusal, subscribeRefusal } from '../functions/core/identity/topics.ts';
+import { listen } from './net.ts';
 import type { ServerCertificate } from './tls.ts';
 
 /** Who a connected client is, as the authenticate step established it. */
@@ -100,13 +101,6 @@ export interface RunningBroker {
   /** Disconnects a device's live connection; false when it had none. */
   disconnect(deviceId: string): boolean;
   close(): Promise<void>;
-}
-
-function listen(server: NetServer | TlsServer | HttpServer, host: string, port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => resolve((server.address() as AddressInfo).port));
-  });
 }
 
 /**
@@ -245,11 +239,12 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
   wss.on('connection', (socket, req) => {
     broker.handle(createWebSocketStream(socket) as unknown as Parameters<typeof broker.handle>[0], req);
   });
-  const ports = {
-    mqtt: await listen(tcp, options.host, options.ports.mqtt),
-    mqtts: await listen(tls, options.host, options.ports.mqtts),
-    ws: await listen(http, options.host, options.ports.ws),
-  };
+  const servers = [
+    await listen(tcp, options.host, options.ports.mqtt, 'mqtt'),
+    await listen(tls, options.host, options.ports.mqtts, 'mqtts'),
+    await listen(http, options.host, options.ports.ws, 'ws'),
+  ] as const;
+  const ports = { mqtt: servers[0].port, mqtts: servers[1].port, ws: servers[2].port };
 
   return {
     broker,
@@ -270,16 +265,10 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     },
     close: async () => {
       for (const c of wss.clients) c.terminate();
-      await Promise.all(
-        [tcp, tls, http].map(
-          (s) =>
-            new Promise<void>((resolve) => {
-              s.close(() => resolve());
-              if ('closeAllConnections' in s) s.closeAllConnections();
-            }),
-        ),
-      );
+      // Stop accepting first, then close the clients: a listener's close waits for its connections.
+      const closing = Promise.all(servers.map((s) => s.close()));
       await new Promise<void>((resolve) => broker.close(() => resolve()));
+      await closing;
       await db.close();
     },
   };

@@ -1,5 +1,5 @@
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer, type ServerResponse } from 'node:http';
+import { listen, type RunningServer, readBody } from './net.ts';
 
 /** What the data plane does with a publish. */
 export interface DataPlaneDeps {
@@ -11,26 +11,8 @@ export interface DataPlaneDeps {
   readonly log: (line: string) => void;
 }
 
-/** The running data-plane endpoint. */
-export interface RunningDataPlane {
-  readonly url: string;
-  readonly port: number;
-  close(): Promise<void>;
-}
-
 function reply(res: ServerResponse, status: number, body: unknown): void {
   res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
-}
-
-async function readBody(req: IncomingMessage, limit: number): Promise<Buffer | undefined> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > limit) return undefined;
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks);
 }
 
 /**
@@ -43,7 +25,7 @@ export async function startDataPlane(
   host: string,
   port: number,
   deps: DataPlaneDeps,
-): Promise<RunningDataPlane> {
+): Promise<RunningServer> {
   const server = createServer((req, res) => {
     void (async () => {
       const url = new URL(req.url ?? '/', 'http://local');
@@ -83,18 +65,5 @@ export async function startDataPlane(
       if (!res.headersSent) reply(res, 500, { message: 'internal error' });
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => resolve());
-  });
-  const actual = (server.address() as AddressInfo).port;
-  return {
-    url: `http://${host}:${actual}`,
-    port: actual,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
+  return listen(server, host, port);
 }

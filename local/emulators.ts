@@ -1,5 +1,3 @@
-import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import {
   CreateTableCommand,
@@ -17,36 +15,13 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import dynalite from 'dynalite';
 import kinesalite from 'kinesalite';
+import { listen, type RunningServer } from './net.ts';
 import type { LocalStream, LocalTable } from './template.ts';
 
 /** Credentials the local hub hands every SDK client; the emulators accept any. */
 export const LOCAL_CREDENTIALS = { accessKeyId: 'local', secretAccessKey: 'local' } as const;
 /** Region the local hub pretends to be in. */
 export const LOCAL_REGION = 'us-east-1';
-
-/** A running emulator. */
-export interface RunningServer {
-  readonly url: string;
-  readonly port: number;
-  close(): Promise<void>;
-}
-
-async function listen(server: Server, host: string, port: number): Promise<RunningServer> {
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => resolve());
-  });
-  const actual = (server.address() as AddressInfo).port;
-  return {
-    url: `http://${host}:${actual}`,
-    port: actual,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections?.();
-        server.close(() => resolve());
-      }),
-  };
-}
 
 /** Starts dynalite with its LevelDB under `dataDir/dynamodb`. */
 export function startDynamo(dataDir: string, host: string, port: number): Promise<RunningServer> {

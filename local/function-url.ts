@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { createServer, type IncomingMessage } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer } from 'node:http';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
+import { listen, type RunningServer, readBody } from './net.ts';
 
 /** What the Function URL front needs. */
 export interface FunctionUrlDeps {
@@ -14,29 +14,12 @@ export interface FunctionUrlDeps {
   readonly maxBodyBytes: number;
 }
 
-/** A running Function URL front. */
-export interface RunningFunctionUrl {
-  readonly url: string;
-  close(): Promise<void>;
-}
-
 function json(status: number, body: unknown): APIGatewayProxyStructuredResultV2 {
   return {
     statusCode: status,
     headers: { 'content-type': 'application/json; charset=utf-8' },
     body: JSON.stringify(body),
   };
-}
-
-async function readBody(req: IncomingMessage, limit: number): Promise<Buffer | undefined> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > limit) return undefined;
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks);
 }
 
 /**
@@ -48,7 +31,7 @@ export async function startFunctionUrl(
   host: string,
   port: number,
   deps: FunctionUrlDeps,
-): Promise<RunningFunctionUrl> {
+): Promise<RunningServer> {
   const server = createServer((req, res) => {
     void (async () => {
       const started = Date.now();
@@ -123,16 +106,5 @@ export async function startFunctionUrl(
       if (!res.headersSent) res.writeHead(500).end();
     });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => resolve());
-  });
-  return {
-    url: `http://${host}:${(server.address() as AddressInfo).port}`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
+  return listen(server, host, port);
 }
