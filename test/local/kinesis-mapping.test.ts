@@ -1,38 +1,31 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { type KinesisClient, PutRecordCommand } from '@aws-sdk/client-kinesis';
 import type { KinesisStreamBatchResponse, KinesisStreamEvent } from 'aws-lambda';
-import kinesalite from 'kinesalite';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CheckpointStore } from '../../local/checkpoints.ts';
-import { ensureStreams, localKinesisClient } from '../../local/emulators.ts';
+import { ensureStreams } from '../../local/emulators.ts';
 import { KinesisMapping } from '../../local/kinesis-mapping.ts';
 import type { LocalKinesisMapping, LocalStream } from '../../local/template.ts';
+import { startTestKinesis, type TestKinesis } from '../support/emulators.ts';
 
 const FUNCTION_ID = 'RouterFunction';
 const SHARD = 'shardId-000000000000';
 
-let server: Server;
+let testKinesis: TestKinesis;
 let kinesis: KinesisClient;
 let dataDir: string;
 let streamCounter = 0;
 
 beforeAll(async () => {
-  server = kinesalite({ createStreamMs: 0, deleteStreamMs: 0, shardLimit: 100 });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  kinesis = localKinesisClient(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  testKinesis = await startTestKinesis();
+  kinesis = testKinesis.client;
   dataDir = mkdtempSync(path.join(tmpdir(), 'kinesis-mapping-'));
 });
 
 afterAll(async () => {
-  kinesis.destroy();
-  await new Promise<void>((resolve) => {
-    server.closeAllConnections();
-    server.close(() => resolve());
-  });
+  await testKinesis.close();
   rmSync(dataDir, { recursive: true, force: true });
 });
 

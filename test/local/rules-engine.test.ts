@@ -1,5 +1,3 @@
-import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { type DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
 import {
   GetRecordsCommand,
@@ -8,15 +6,20 @@ import {
   ListShardsCommand,
 } from '@aws-sdk/client-kinesis';
 import { unmarshall } from '@aws-sdk/util-dynamodb';
-import dynalite from 'dynalite';
-import kinesalite from 'kinesalite';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureStreams, ensureTables, localDynamoClient, localKinesisClient } from '../../local/emulators.ts';
+import { ensureStreams, ensureTables } from '../../local/emulators.ts';
 import { type IngestInput, RuleDeliveryError, RulesEngine } from '../../local/rules-engine.ts';
 import type { LocalRule, LocalRuleAction } from '../../local/template.ts';
+import {
+  PK_SK_KEYS,
+  startTestDynamo,
+  startTestKinesis,
+  type TestDynamo,
+  type TestKinesis,
+} from '../support/emulators.ts';
 
-let kinesisServer: Server;
-let dynamoServer: Server;
+let testKinesis: TestKinesis;
+let testDynamo: TestDynamo;
 let kinesis: KinesisClient;
 let dynamo: DynamoDBClient;
 
@@ -25,37 +28,13 @@ const OTHER_STREAM = 'rules-other';
 const ERROR_TABLE = 'rules-errors';
 const ITEMS_TABLE = 'rules-items';
 
-async function listen(server: Server): Promise<string> {
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-}
-async function close(server: Server): Promise<void> {
-  await new Promise<void>((resolve) => {
-    server.closeAllConnections();
-    server.close(() => resolve());
-  });
-}
-
-const keyed = (name: string) => ({
-  logicalId: name,
-  name,
-  properties: {
-    AttributeDefinitions: [
-      { AttributeName: 'pk', AttributeType: 'S' },
-      { AttributeName: 'sk', AttributeType: 'S' },
-    ],
-    KeySchema: [
-      { AttributeName: 'pk', KeyType: 'HASH' },
-      { AttributeName: 'sk', KeyType: 'RANGE' },
-    ],
-  },
-});
+const keyed = (name: string) => ({ logicalId: name, name, properties: PK_SK_KEYS });
 
 beforeAll(async () => {
-  kinesisServer = kinesalite({ createStreamMs: 0, deleteStreamMs: 0, shardLimit: 100 });
-  dynamoServer = dynalite({ createTableMs: 0, deleteTableMs: 0 });
-  kinesis = localKinesisClient(await listen(kinesisServer));
-  dynamo = localDynamoClient(await listen(dynamoServer));
+  testKinesis = await startTestKinesis();
+  testDynamo = await startTestDynamo();
+  kinesis = testKinesis.client;
+  dynamo = testDynamo.client;
   await ensureStreams(kinesis, [
     { logicalId: 'Out', name: OUT_STREAM, arn: '', shardCount: 1 },
     { logicalId: 'Other', name: OTHER_STREAM, arn: '', shardCount: 1 },
@@ -64,9 +43,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  kinesis.destroy();
-  dynamo.destroy();
-  await Promise.all([close(kinesisServer), close(dynamoServer)]);
+  await Promise.all([testKinesis.close(), testDynamo.close()]);
 });
 
 interface StreamRecord {

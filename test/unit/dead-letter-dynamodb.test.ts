@@ -1,40 +1,19 @@
-import type { AddressInfo } from 'node:net';
-import { CreateTableCommand, DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient, QueryCommand } from '@aws-sdk/lib-dynamodb';
-import dynalite from 'dynalite';
+import { type DynamoDBDocumentClient, QueryCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoDeadLetterStore } from '../../functions/adapters/dead-letter-dynamodb.ts';
 import type { DeadLetter } from '../../functions/core/ports.ts';
+import { startTestDynamo, type TestDynamo } from '../support/emulators.ts';
 
-const server = dynalite({ createTableMs: 0 });
+let dynamo: TestDynamo;
 let doc: DynamoDBDocumentClient;
 const table = 'dead-letters';
 
 beforeAll(async () => {
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  const { port } = server.address() as AddressInfo;
-  const client = new DynamoDBClient({
-    endpoint: `http://127.0.0.1:${port}`,
-    region: 'us-east-1',
-    credentials: { accessKeyId: 'local', secretAccessKey: 'local' },
-  });
-  await client.send(
-    new CreateTableCommand({
-      TableName: table,
-      BillingMode: 'PAY_PER_REQUEST',
-      AttributeDefinitions: [
-        { AttributeName: 'pk', AttributeType: 'S' },
-        { AttributeName: 'sk', AttributeType: 'S' },
-      ],
-      KeySchema: [
-        { AttributeName: 'pk', KeyType: 'HASH' },
-        { AttributeName: 'sk', KeyType: 'RANGE' },
-      ],
-    }),
-  );
-  doc = DynamoDBDocumentClient.from(client);
+  dynamo = await startTestDynamo();
+  doc = dynamo.doc;
+  await dynamo.createPkSkTable(table);
 });
-afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
+afterAll(() => dynamo?.close());
 
 const letter = (deviceId: string, id: string, record = '{}'): DeadLetter => ({
   deviceId,

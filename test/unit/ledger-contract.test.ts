@@ -1,7 +1,5 @@
-import type { AddressInfo } from 'node:net';
-import { CreateTableCommand, DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
-import dynalite from 'dynalite';
+import { CreateTableCommand } from '@aws-sdk/client-dynamodb';
+import type { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DynamoDbDeliveryLedger,
@@ -27,6 +25,7 @@ import {
 } from '../../functions/core/c2d/message.ts';
 import type { FeedbackRow, LedgerStore } from '../../functions/core/c2d/store.ts';
 import { ConflictError, LimitExceededError } from '../../functions/core/errors.ts';
+import { startTestDynamo, type TestDynamo } from '../support/emulators.ts';
 
 const T0 = Date.parse('2030-01-01T00:00:00.000Z');
 const LOCK = 60_000;
@@ -38,7 +37,7 @@ interface Harness {
   store(): LedgerStore;
 }
 
-let server: ReturnType<typeof dynalite> | undefined;
+let dynamo: TestDynamo | undefined;
 let doc: DynamoDBDocumentClient | undefined;
 let tables = 0;
 
@@ -55,23 +54,11 @@ const harnesses: Array<[string, Harness]> = [
 ];
 
 beforeAll(async () => {
-  server = dynalite({ createTableMs: 0 });
-  const s = server;
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', () => resolve()));
-  const { port } = s.address() as AddressInfo;
-  const client = new DynamoDBClient({
-    endpoint: `http://127.0.0.1:${port}`,
-    region: 'us-east-1',
-    credentials: { accessKeyId: 'local', secretAccessKey: 'local' },
-  });
-  doc = DynamoDBDocumentClient.from(client);
+  dynamo = await startTestDynamo();
+  doc = dynamo.doc;
 });
 
-afterAll(async () => {
-  doc?.destroy();
-  const s = server;
-  if (s !== undefined) await new Promise<void>((resolve) => s.close(() => resolve()));
-});
+afterAll(() => dynamo?.close());
 
 /** The store with some methods replaced (a Proxy, because stores keep private fields). */
 function withOverrides(store: LedgerStore, overrides: Partial<LedgerStore>): LedgerStore {

@@ -1,7 +1,4 @@
-import type { AddressInfo } from 'node:net';
-import { CreateTableCommand, DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient, GetCommand, PutCommand } from '@aws-sdk/lib-dynamodb';
-import dynalite from 'dynalite';
+import { type DynamoDBDocumentClient, GetCommand, PutCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { DynamoDbDeviceRegistry, deviceKey } from '../../functions/adapters/registry-dynamodb.ts';
 import { MemoryDeviceRegistry } from '../../functions/adapters/registry-memory.ts';
@@ -18,47 +15,21 @@ import {
   PreconditionFailedError,
 } from '../../functions/core/identity/errors.ts';
 import type { DeviceRegistry } from '../../functions/core/identity/registry.ts';
+import { startTestDynamo, type TestDynamo } from '../support/emulators.ts';
 
-const server = dynalite({ createTableMs: 0 });
+let dynamo: TestDynamo;
 let doc: DynamoDBDocumentClient;
-let raw: DynamoDBClient;
 let tableCount = 0;
 
 beforeAll(async () => {
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  const { port } = server.address() as AddressInfo;
-  raw = new DynamoDBClient({
-    endpoint: `http://127.0.0.1:${port}`,
-    region: 'us-east-1',
-    credentials: { accessKeyId: 'local', secretAccessKey: 'local' },
-  });
-  doc = DynamoDBDocumentClient.from(raw);
+  dynamo = await startTestDynamo();
+  doc = dynamo.doc;
 });
 
-afterAll(async () => {
-  raw?.destroy();
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-});
+afterAll(() => dynamo?.close());
 
 /** A fresh table with the registry's contract layout. */
-async function createTable(): Promise<string> {
-  const tableName = `registry-${++tableCount}`;
-  await raw.send(
-    new CreateTableCommand({
-      TableName: tableName,
-      BillingMode: 'PAY_PER_REQUEST',
-      AttributeDefinitions: [
-        { AttributeName: 'pk', AttributeType: 'S' },
-        { AttributeName: 'sk', AttributeType: 'S' },
-      ],
-      KeySchema: [
-        { AttributeName: 'pk', KeyType: 'HASH' },
-        { AttributeName: 'sk', KeyType: 'RANGE' },
-      ],
-    }),
-  );
-  return tableName;
-}
+const createTable = () => dynamo.createPkSkTable(`registry-${++tableCount}`);
 
 /** A clock the test moves by hand. */
 function manualClock(start = Date.parse('2030-01-01T00:00:00Z')) {
