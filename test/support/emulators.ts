@@ -49,11 +49,14 @@ export async function startTestDynamo(): Promise<TestDynamo> {
 }
 
 /** An in-memory kinesalite on a free loopback port, with an SDK client. */
-export async function startTestKinesis(): Promise<{
-  client: KinesisClient;
-  url: string;
+export interface TestKinesis {
+  readonly client: KinesisClient;
+  readonly url: string;
   close(): Promise<void>;
-}> {
+}
+
+/** Starts an in-memory kinesalite for one test file. */
+export async function startTestKinesis(): Promise<TestKinesis> {
   const server = await listen(
     kinesalite({ createStreamMs: 0, deleteStreamMs: 0, shardLimit: 100 }),
     '127.0.0.1',
