@@ -130,6 +130,24 @@ describe('device authentication on the local hub', () => {
     expect(await connackCode(hub.endpoints.mqtt, creds)).toBe(5);
   });
 
+  it('closes the connection when the device’s SAS token expires', async () => {
+    const creds = await registerDevice(hub.endpoints, 'auth-short');
+    const shortLived = sasCredentials(
+      hub.endpoints,
+      'auth-short',
+      creds.symmetricKey,
+      new Date(Date.now() + 2000),
+    );
+    const device = await mqtt.connectAsync(hub.endpoints.mqtt, { ...shortLived, reconnectPeriod: 0 });
+    const closed = new Promise<void>((resolve) => device.once('close', () => resolve()));
+    await Promise.race([
+      closed,
+      sleep(10_000).then(() => Promise.reject(new Error('still connected after expiry'))),
+    ]);
+    device.end(true);
+    await hub.waitForLog(/closing 'auth-short': its SAS token expired/);
+  });
+
   it('records connection state and last activity from presence events', async () => {
     const creds = await registerDevice(hub.endpoints, 'auth-presence');
     const device = await mqtt.connectAsync(hub.endpoints.mqtt, creds);
