@@ -189,6 +189,7 @@ export class DynamoDbLedgerStore implements LedgerStore {
     const optional: Record<string, unknown> = {
       lockToken: next.lockToken,
       lockedUntil: next.lockedUntil,
+      checkAt: next.checkAt,
       finalAt: next.finalAt,
       pendingFeedback: next.pendingFeedback,
       gsi1pk: due?.pk,
@@ -497,6 +498,7 @@ function toMessage(item: Record<string, unknown>): C2dMessage {
     deliveryCount: num(item, 'deliveryCount'),
     ...optStr(item, 'lockToken'),
     ...optNum(item, 'lockedUntil'),
+    ...optNum(item, 'checkAt'),
     ...optNum(item, 'finalAt'),
     ...(typeof item.pendingFeedback === 'string'
       ? { pendingFeedback: item.pendingFeedback as FeedbackStatus }

@@ -5,7 +5,7 @@ import {
   StaleLockTokenError,
 } from '../../functions/core/c2d/errors.ts';
 import { FEEDBACK_STATUS_CODES, feedbackFor } from '../../functions/core/c2d/feedback.ts';
-import { newLockToken, queueKeyOfLockToken } from '../../functions/core/c2d/keys.ts';
+import { LOCK_TOKEN_LENGTH, newLockToken, queueKeyOfLockToken } from '../../functions/core/c2d/keys.ts';
 import {
   type AckMode,
   type C2dMessage,
@@ -63,6 +63,7 @@ const ev = {
   lockExpired: { type: 'lockExpired', now: T0 + LOCK_MS },
   expire: { type: 'expire', now: enqueued.expiresAt },
   purge: { type: 'purge', now: early },
+  recheck: { type: 'recheck', now: early, nextCheckAt: early + 10_000 },
 } satisfies Record<string, C2dEvent>;
 const allEvents: C2dEvent[] = Object.values(ev);
 
@@ -76,6 +77,30 @@ interface Legal {
 }
 
 const legal: Legal[] = [
+  {
+    name: 'recheck of a queued message whose delivery check is due pushes the check out',
+    from: { ...enqueued, checkAt: T0 },
+    event: ev.recheck,
+    to: 'Enqueued',
+    check: (n) => {
+      expect(n.checkAt).toBe(early + 10_000);
+      expect(n.deliveryCount).toBe(enqueued.deliveryCount);
+    },
+  },
+  {
+    name: 'deliver clears the delivery check',
+    from: { ...enqueued, checkAt: T0 },
+    event: ev.deliver,
+    to: 'Invisible',
+    check: (n) => expect(n.checkAt).toBeUndefined(),
+  },
+  {
+    name: 'a lock lapse makes the delivery check due at once',
+    from: invisible,
+    event: ev.lockExpired,
+    to: 'Enqueued',
+    check: (n) => expect(n.checkAt).toBe(T0 + LOCK_MS),
+  },
   {
     name: 'deliver locks an Enqueued message and counts the attempt',
     from: enqueued,
@@ -261,6 +286,30 @@ const illegal: Illegal[] = [
     event: { type: 'expire', now: enqueued.expiresAt - 1 },
     error: IllegalTransitionError,
   },
+  {
+    name: 'recheck a queued message before its check is due',
+    from: { ...enqueued, checkAt: early + 1 },
+    event: ev.recheck,
+    error: IllegalTransitionError,
+  },
+  {
+    name: 'recheck a queued message that has no delivery check',
+    from: enqueued,
+    event: ev.recheck,
+    error: IllegalTransitionError,
+  },
+  {
+    name: 'recheck with a next check that is not ahead',
+    from: { ...enqueued, checkAt: T0 },
+    event: { type: 'recheck', now: early, nextCheckAt: early },
+    error: IllegalTransitionError,
+  },
+  {
+    name: 'recheck an Invisible message',
+    from: { ...invisible, checkAt: T0 },
+    event: ev.recheck,
+    error: IllegalTransitionError,
+  },
   ...finals.flatMap((from) =>
     allEvents.map(
       (event): Illegal => ({
@@ -358,6 +407,8 @@ describe('bookkeeping', () => {
 
   it('dueAtOf: expiry when Enqueued, lock expiry when Invisible, now while feedback is owed, then retention', () => {
     expect(dueAtOf(enqueued, 1_000)).toBe(enqueued.expiresAt);
+    expect(dueAtOf({ ...enqueued, checkAt: T0 + 7 }, 1_000)).toBe(T0 + 7);
+    expect(dueAtOf({ ...enqueued, checkAt: enqueued.expiresAt + 7 }, 1_000)).toBe(enqueued.expiresAt);
     expect(dueAtOf(invisible, 1_000)).toBe(invisible.lockedUntil);
     const owed = {
       ...enqueued,
@@ -377,6 +428,8 @@ describe('bookkeeping', () => {
     expect(
       queueKeyOfLockToken(`${Buffer.from('msg#x').toString('base64url')}.${'0'.repeat(32)}`),
     ).toBeUndefined();
+    expect(token).toHaveLength(LOCK_TOKEN_LENGTH);
+    expect(queueKeyOfLockToken(`${token.slice(0, -1)}g`)).toBeUndefined();
   });
 });
 

@@ -222,11 +222,32 @@ describe.each(harnesses)('DeliveryLedger contract: %s', (name, harness) => {
     );
   });
 
+  it('a queued message is due for a delivery check at once, and each check backs off', async () => {
+    const sent = await ledger.enqueue('recheck', message('recheck'), { maxQueueDepth: 50 });
+    expect(sent.checkAt).toBe(T0);
+    const mine = (r: { changed: readonly { deviceId: string }[] }) =>
+      r.changed.filter((c) => c.deviceId === 'recheck');
+    expect(mine(await ledger.releaseExpiredLocks({ now: T0 + 1, limit: 500 }))).toEqual([
+      { deviceId: 'recheck', messageId: sent.messageId, from: 'Enqueued', to: 'Enqueued' },
+    ]);
+    const checked = await ledger.get('recheck', sent.messageId);
+    expect(checked?.checkAt).toBe(T0 + 1 + 10_000);
+    expect(checked?.version).toBe(sent.version + 1);
+    expect(mine(await ledger.releaseExpiredLocks({ now: T0 + 2, limit: 500 }))).toEqual([]);
+    // Older messages are checked less often: the delay grows with the message's age.
+    expect(mine(await ledger.releaseExpiredLocks({ now: T0 + 60_000, limit: 500 }))).toHaveLength(1);
+    expect((await ledger.get('recheck', sent.messageId))?.checkAt).toBe(T0 + 120_000);
+    // Delivery clears the check; the lock's lapse is what comes due next.
+    const locked = await deliverOne('recheck', T0 + 60_001);
+    expect(locked.checkAt).toBeUndefined();
+    expect((await ledger.get('recheck', sent.messageId))?.checkAt).toBeUndefined();
+  });
+
   it('a stale or unknown lock token fails and changes nothing', async () => {
     const sent = await ledger.enqueue('stale', message('stale'), { maxQueueDepth: 50 });
     const locked = await deliverOne('stale');
     const token = locked.lockToken ?? '';
-    const tampered = `${token.slice(0, token.lastIndexOf('.') + 1)}${'0'.repeat(32)}`;
+    const tampered = `${token.slice(0, token.lastIndexOf('.') + 1)}${'0'.repeat(token.length - token.lastIndexOf('.') - 1)}`;
     const before = await ledger.get('stale', sent.messageId);
     await rejectsWith(ledger.settle('stale', tampered, 'complete', T0 + 1), StaleLockTokenError);
     await rejectsWith(ledger.settle('stale', 'not-a-token', 'complete', T0 + 1), MessageNotFoundError);

@@ -74,6 +74,18 @@ export interface LedgerEngineOptions {
   readonly finalRetentionMs?: number;
   /** Read-decide-write rounds before a contended settle or purge gives up. @default 5 */
   readonly maxAttempts?: number;
+  /**
+   * Where feedback records also go (the feedback endpoint stream), called after the record is in the
+   * ledger and before the message stops owing it: a failure or crash in between leaves the message
+   * owing feedback, and the sweep calls it again. At least once, so consumers drop duplicates by `id`.
+   */
+  readonly feedbackSink?: (record: FeedbackRecord) => Promise<void>;
+  /**
+   * Delivery checks of a queued message back off with its age, from this... @default 10_000
+   */
+  readonly recheckMinMs?: number;
+  /** ...to this. @default 600_000 (10 minutes) */
+  readonly recheckMaxMs?: number;
 }
 
 /** A {@link DeliveryLedger} over any {@link LedgerStore}. */
@@ -82,12 +94,18 @@ export class LedgerEngine implements DeliveryLedger {
   readonly #shards: number;
   readonly #retentionMs: number;
   readonly #maxAttempts: number;
+  readonly #feedbackSink: ((record: FeedbackRecord) => Promise<void>) | undefined;
+  readonly #recheckMinMs: number;
+  readonly #recheckMaxMs: number;
 
   constructor(store: LedgerStore, options: LedgerEngineOptions = {}) {
     this.#store = store;
     this.#shards = options.shards ?? DEFAULT_SHARDS;
     this.#retentionMs = options.finalRetentionMs ?? 86_400_000;
     this.#maxAttempts = options.maxAttempts ?? 5;
+    this.#feedbackSink = options.feedbackSink;
+    this.#recheckMinMs = options.recheckMinMs ?? 10_000;
+    this.#recheckMaxMs = options.recheckMaxMs ?? 600_000;
     if (!Number.isInteger(this.#shards) || this.#shards < 1) {
       throw new ValidationError(
         'InvalidLedgerOptions',
@@ -219,7 +237,14 @@ export class LedgerEngine implements DeliveryLedger {
       if (message === undefined) continue;
       if (isFinal(message.state)) {
         if (message.pendingFeedback !== undefined) {
-          const written = await this.#writeFeedback(message);
+          let written: { record: FeedbackRecord; cleared: boolean };
+          try {
+            written = await this.#writeFeedback(message);
+          } catch {
+            // Still owed and still due (a feedback sink or store failure): the next sweep tries again.
+            // One failing repair must not stop this sweep's lock releases and expiries.
+            continue;
+          }
           feedback.push(written.record);
           if (!written.cleared) conflicts++;
         } else if (now >= (message.finalAt ?? message.enqueuedAt) + this.#retentionMs) {
@@ -231,8 +256,14 @@ export class LedgerEngine implements DeliveryLedger {
       }
       const lockGone = message.state === 'Invisible' && now >= (message.lockedUntil ?? 0);
       const expired = now >= message.expiresAt;
-      if (!lockGone && !expired) continue; // the index was behind the item
-      const result = transition(message, { type: expired ? 'expire' : 'lockExpired', now });
+      const checkDue = message.state === 'Enqueued' && now >= (message.checkAt ?? Number.POSITIVE_INFINITY);
+      if (!lockGone && !expired && !checkDue) continue; // the index was behind the item
+      const event: C2dEvent = expired
+        ? { type: 'expire', now }
+        : lockGone
+          ? { type: 'lockExpired', now }
+          : { type: 'recheck', now, nextCheckAt: now + this.#recheckDelay(message, now) };
+      const result = transition(message, event);
       if (!result.ok) continue;
       const applied = await this.#apply(message, result.next);
       if (applied === undefined) {
@@ -335,6 +366,7 @@ export class LedgerEngine implements DeliveryLedger {
   ): Promise<{ record: FeedbackRecord; message: C2dMessage; cleared: boolean }> {
     const row = this.#feedbackRow(message);
     await this.#store.insertFeedback(row); // false = already written by an earlier attempt: fine
+    if (this.#feedbackSink !== undefined) await this.#feedbackSink(row.record);
     const cleared = markFeedbackWritten(message);
     const ok = await this.#store.updateMessage(message.version, cleared, this.#slot(cleared));
     return { record: row.record, message: ok ? cleared : message, cleared: ok };
@@ -385,6 +417,11 @@ export class LedgerEngine implements DeliveryLedger {
     return dueAt === undefined
       ? undefined
       : dueSlot(message.deviceId, message.messageId, dueAt, this.#shards);
+  }
+
+  /** Backs off delivery checks of a message that stays queued: its age, within [min, max]. */
+  #recheckDelay(message: C2dMessage, now: number): number {
+    return Math.min(this.#recheckMaxMs, Math.max(this.#recheckMinMs, now - message.enqueuedAt));
   }
 
   #shardIds(): number[] {

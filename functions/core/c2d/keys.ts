@@ -39,6 +39,7 @@ export function newQueueKey(now: number): string {
 }
 
 const QUEUE_KEY = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z#[0-9a-z]{8}[0-9a-f]{6}$/;
+const QUEUE_KEY_PARTS = /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z)#([0-9a-z]{8}[0-9a-f]{6})$/;
 
 /** Partition key of a device's messages and pointers. */
 export function devicePk(deviceId: string): string {
@@ -56,19 +57,29 @@ export function pointerSk(messageId: string): string {
 }
 
 /**
- * A new lock token for a delivery of the message at `queueKey`: the queue key (base64url) and
- * 128 random bits. Carrying the queue key lets a settlement find the message with one read inside
- * the settling device's own partition, so another device's token can never reach it.
+ * A new lock token for a delivery of the message at `queueKey`: the queue key, compacted (enqueue
+ * time as 9 base-36 digits, then the key's counter and process tag), a dot, and 96 random bits as hex.
+ * Carrying the queue key lets a settlement find the message with one read inside the settling
+ * device's own partition, so another device's token can never reach it. Compact because the token
+ * travels in the MQTT topic, which AWS IoT Core caps at 256 bytes: at most {@link LOCK_TOKEN_LENGTH}.
  */
 export function newLockToken(queueKey: string): string {
-  return `${Buffer.from(queueKey, 'utf8').toString('base64url')}.${randomBytes(16).toString('hex')}`;
+  const match = QUEUE_KEY_PARTS.exec(queueKey);
+  if (!match?.[1] || !match[2]) throw new Error(`not a queue key: ${queueKey}`);
+  const ms = Date.parse(match[1]).toString(36).padStart(9, '0');
+  return `${ms}${match[2]}.${randomBytes(12).toString('hex')}`;
 }
+
+/** Length of every lock token. */
+export const LOCK_TOKEN_LENGTH = 9 + 14 + 1 + 24;
 
 /** The queue key inside a lock token, or `undefined` when the token is malformed. */
 export function queueKeyOfLockToken(lockToken: string): string | undefined {
-  const match = /^([A-Za-z0-9_-]{1,64})\.[0-9a-f]{32}$/.exec(lockToken);
-  if (!match?.[1]) return undefined;
-  const queueKey = Buffer.from(match[1], 'base64url').toString('utf8');
+  const match = /^([0-9a-z]{9})([0-9a-z]{8}[0-9a-f]{6})\.[0-9a-f]{24}$/.exec(lockToken);
+  if (!match?.[1] || !match[2]) return undefined;
+  const ms = Number.parseInt(match[1], 36);
+  if (!Number.isSafeInteger(ms) || Number.isNaN(new Date(ms).getTime())) return undefined;
+  const queueKey = `${isoOf(ms)}#${match[2]}`;
   return QUEUE_KEY.test(queueKey) ? queueKey : undefined;
 }
 

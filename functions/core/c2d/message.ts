@@ -75,6 +75,12 @@ export interface C2dMessage {
   readonly lockToken?: string;
   /** Present only while `Invisible`. */
   readonly lockedUntil?: number;
+  /**
+   * While `Enqueued`: when the sweep next checks that the message is on its way (a send, connect or
+   * release whose delivery was lost to a crash or a race still gets delivered to a connected device).
+   * Due at once when the message is enqueued or released; each check pushes it further out.
+   */
+  readonly checkAt?: number;
   /** When the message reached its final state. */
   readonly finalAt?: number;
   /** A feedback record is owed for the final state and not yet known to be written. */
@@ -231,6 +237,7 @@ export function createMessage(
     maxDeliveryCount: config.maxDeliveryCount,
     state: 'Enqueued',
     deliveryCount: 0,
+    checkAt: now,
     version: 1,
   };
 }

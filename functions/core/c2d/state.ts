@@ -30,6 +30,8 @@ export type C2dEvent =
     }
   | { readonly type: SettleOutcome; readonly lockToken: string; readonly now: number }
   | { readonly type: 'lockExpired'; readonly now: number }
+  /** The sweep checked an `Enqueued` message that was due for a delivery check; next check at `nextCheckAt`. */
+  | { readonly type: 'recheck'; readonly now: number; readonly nextCheckAt: number }
   | { readonly type: 'expire'; readonly now: number }
   | { readonly type: 'purge'; readonly now: number };
 
@@ -69,8 +71,9 @@ export function transition(message: C2dMessage | undefined, event: C2dEvent): Tr
       if (message.deliveryCount >= message.maxDeliveryCount) {
         return illegal({ ...ctx, reason: 'deliveryCountExceeded' }, 'message has no delivery attempts left');
       }
+      const { checkAt: _c, ...unchecked } = message;
       const next: C2dMessage = {
-        ...message,
+        ...unchecked,
         state: 'Invisible',
         deliveryCount: message.deliveryCount + 1,
         lockToken: event.lockToken,
@@ -103,6 +106,14 @@ export function transition(message: C2dMessage | undefined, event: C2dEvent): Tr
         );
       }
       return release(message, event.now);
+    }
+    case 'recheck': {
+      if (message.state !== 'Enqueued') return illegal(ctx, `no delivery check in state ${message.state}`);
+      if (message.checkAt === undefined || event.now < message.checkAt) {
+        return illegal({ ...ctx, reason: 'notDue' }, 'delivery check is not due');
+      }
+      if (event.nextCheckAt <= event.now) return illegal(ctx, 'next delivery check must lie ahead');
+      return { ok: true, next: { ...message, checkAt: event.nextCheckAt, version: message.version + 1 } };
     }
     case 'expire': {
       if (isFinal(message.state))
@@ -138,7 +149,7 @@ export function markFeedbackWritten(message: C2dMessage): C2dMessage {
  * end of the retention of a final message (after which the ledger deletes it).
  */
 export function dueAtOf(message: C2dMessage, retentionMs: number): number | undefined {
-  if (message.state === 'Enqueued') return message.expiresAt;
+  if (message.state === 'Enqueued') return Math.min(message.expiresAt, message.checkAt ?? message.expiresAt);
   if (message.state === 'Invisible') return message.lockedUntil ?? message.expiresAt;
   const finalAt = message.finalAt ?? message.enqueuedAt;
   return message.pendingFeedback === undefined ? finalAt + retentionMs : finalAt;
@@ -147,11 +158,11 @@ export function dueAtOf(message: C2dMessage, retentionMs: number): number | unde
 function release(message: C2dMessage, now: number): TransitionResult {
   if (message.deliveryCount >= message.maxDeliveryCount) return toFinal(message, 'DeadLettered', now);
   const { lockToken: _t, lockedUntil: _u, ...rest } = message;
-  return { ok: true, next: { ...rest, state: 'Enqueued', version: message.version + 1 } };
+  return { ok: true, next: { ...rest, state: 'Enqueued', checkAt: now, version: message.version + 1 } };
 }
 
 function toFinal(message: C2dMessage, state: C2dState, now: number): TransitionResult {
-  const { lockToken: _t, lockedUntil: _u, pendingFeedback: _p, ...rest } = message;
+  const { lockToken: _t, lockedUntil: _u, pendingFeedback: _p, checkAt: _c, ...rest } = message;
   const feedback = feedbackFor(message.ack, state);
   const next: C2dMessage = {
     ...rest,
