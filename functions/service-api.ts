@@ -1,5 +1,6 @@
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { dynamoDocumentClient, iotDataClient } from './adapters/aws-clients.ts';
+import { c2dFromEnv } from './adapters/c2d-wiring.ts';
 import { IotConnections } from './adapters/connections.ts';
 import { powertoolsLog } from './adapters/log.ts';
 import { DynamoDbDeviceRegistry } from './adapters/registry-dynamodb.ts';
@@ -7,6 +8,7 @@ import { requireEnv } from './core/env.ts';
 import { ValidationError } from './core/errors.ts';
 import type { DeviceRegistry } from './core/identity/registry.ts';
 import type { Log } from './core/ports.ts';
+import { type C2dRouteDeps, c2dRoutes } from './core/service-api/c2d-routes.ts';
 import {
   type ApiRequest,
   type ApiResponse,
@@ -27,7 +29,12 @@ export interface ServiceApiDeps {
   readonly connections: DeviceConnections;
   /** Request log (one info line per request) and error log. */
   readonly log: Log;
-  /** Routes of other modules (C2D, twins, ...), added after the registry routes. @default [] */
+  /**
+   * Cloud-to-device messaging: its routes, and the purge of a deleted device's queue. Without it the
+   * API serves the registry only.
+   */
+  readonly c2d?: Omit<C2dRouteDeps, 'registry' | 'log'>;
+  /** Routes of other modules (twins, ...), added after the registry and C2D routes. @default [] */
   readonly extraRoutes?: readonly RouteEntry[];
   /** Largest accepted body in bytes, after base64 decoding. @default MAX_BODY_BYTES (256 KB) */
   readonly maxBodyBytes?: number;
@@ -92,12 +99,26 @@ function describeError(error: unknown): Record<string, unknown> {
  * await handle(functionUrlEvent); // { statusCode: 201, headers: { etag: '"..."', ... }, body: '{...}' }
  */
 export function makeHandler(deps: ServiceApiDeps) {
+  const { c2d } = deps;
+  const onDeviceDisabledOrDeleted = async (deviceId: string, reason: 'disabled' | 'deleted') => {
+    if (reason === 'deleted' && c2d !== undefined) {
+      // Deleting a device settles its queue as purged (feedback where asked). A failure here leaves the
+      // messages to expire with feedback: logged, never lost.
+      try {
+        const purged = await c2d.ledger.purge(deviceId, (c2d.now ?? Date.now)());
+        if (purged.purged > 0) deps.log.info('purged the queue of a deleted device', { deviceId, ...purged });
+      } catch (error) {
+        deps.log.error('could not purge the queue of a deleted device', {
+          deviceId,
+          ...describeError(error),
+        });
+      }
+    }
+    await deps.connections.disconnect(deviceId);
+  };
   const table = new RouteTable([
-    ...registryRoutes({
-      registry: deps.registry,
-      log: deps.log,
-      onDeviceDisabledOrDeleted: (deviceId) => deps.connections.disconnect(deviceId),
-    }),
+    ...registryRoutes({ registry: deps.registry, log: deps.log, onDeviceDisabledOrDeleted }),
+    ...(c2d === undefined ? [] : c2dRoutes({ ...c2d, registry: deps.registry, log: deps.log })),
     ...(deps.extraRoutes ?? []),
   ]);
   const onInternalError = (error: unknown): void => deps.log.error('request failed', describeError(error));
@@ -123,13 +144,16 @@ export function makeHandler(deps: ServiceApiDeps) {
 }
 
 function defaultDeps(env: NodeJS.ProcessEnv): ServiceApiDeps {
+  const log = powertoolsLog('service-api');
+  const { ledger, delivery, settings } = c2dFromEnv(env, log);
   return {
+    c2d: { ledger, delivery, settings },
     registry: new DynamoDbDeviceRegistry({
       client: dynamoDocumentClient(),
       tableName: requireEnv(env, 'REGISTRY_TABLE_NAME'),
     }),
     connections: new IotConnections(iotDataClient()),
-    log: powertoolsLog('service-api'),
+    log,
   };
 }
 

@@ -23,6 +23,8 @@ import type { DeviceConnections } from '../../functions/core/service-api/registr
 // The module builds its default handler at import time; give it the variable its stack would.
 vi.hoisted(() => {
   process.env.REGISTRY_TABLE_NAME ??= 'unit-test-registry';
+  process.env.LEDGER_TABLE_NAME ??= 'unit-test-ledger';
+  process.env.FEEDBACK_STREAM_NAME ??= 'unit-test-feedback';
 });
 
 const { makeHandler } = await import('../../functions/service-api.ts');

@@ -217,8 +217,20 @@ export function parseJsonBody(request: ApiRequest): unknown {
 /** Error codes answered with 413 rather than the 400 of other `LimitExceededError`s. */
 const PAYLOAD_TOO_LARGE_CODES = new Set(['RequestEntityTooLarge']);
 
+/** Limits IoT Hub answers with 403 Forbidden. */
+const FORBIDDEN_LIMIT_CODES = new Set(['DeviceMaximumQueueDepthExceeded']);
+
 /** Context keys a caller may see: they name its own input or a documented limit, never internals. */
-const SAFE_CONTEXT_KEYS = ['field', 'issues', 'limit', 'count', 'deviceId', 'allow'] as const;
+const SAFE_CONTEXT_KEYS = [
+  'field',
+  'issues',
+  'limit',
+  'count',
+  'deviceId',
+  'allow',
+  'depth',
+  'bytes',
+] as const;
 
 /** Whether `code` marks throttling (`Throttled`, `...Throttled`, `Throttling...`): answered with 429. */
 export function isThrottledCode(code: string): boolean {
@@ -233,7 +245,7 @@ export function isThrottledCode(code: string): boolean {
  * | `ValidationError` | 400 |
  * | `NotFoundError` | 404 |
  * | `ConflictError` | 409, or 412 when its code is `PreconditionFailed` |
- * | `LimitExceededError` | 413 for a body over the size limit (`RequestEntityTooLarge`), else 400 (IoT Hub answers a too-large bulk request with 400) |
+ * | `LimitExceededError` | 413 for a body over the size limit (`RequestEntityTooLarge`), 403 for a full C2D queue (`DeviceMaximumQueueDepthExceeded`, as IoT Hub), else 400 (IoT Hub answers a too-large bulk request with 400) |
  * | any `HubError` coded as throttling (see {@link isThrottledCode}) | 429 |
  * | `TransientError` | 503 |
  * | anything else | 500 |
@@ -244,7 +256,10 @@ export function statusOf(error: unknown): number {
   if (error instanceof ValidationError) return 400;
   if (error instanceof NotFoundError) return 404;
   if (error instanceof ConflictError) return error.code === 'PreconditionFailed' ? 412 : 409;
-  if (error instanceof LimitExceededError) return PAYLOAD_TOO_LARGE_CODES.has(error.code) ? 413 : 400;
+  if (error instanceof LimitExceededError) {
+    if (PAYLOAD_TOO_LARGE_CODES.has(error.code)) return 413;
+    return FORBIDDEN_LIMIT_CODES.has(error.code) ? 403 : 400;
+  }
   if (error instanceof TransientError) return 503;
   return 500;
 }

@@ -35,7 +35,7 @@ export interface RegistryRouteDeps {
    * `disabled`, a delete — so a live connection is cut. A rejection is logged and swallowed: the registry
    * write already happened and the authenticator refuses the next connect anyway.
    */
-  readonly onDeviceDisabledOrDeleted: (deviceId: string) => Promise<void>;
+  readonly onDeviceDisabledOrDeleted: (deviceId: string, reason: 'disabled' | 'deleted') => Promise<void>;
   /** Where disconnect failures are logged. */
   readonly log: Log;
 }
@@ -158,7 +158,7 @@ export function registryRoutes(deps: RegistryRouteDeps): RouteEntry[] {
 
   const cutConnection = async (deviceId: string, reason: 'disabled' | 'deleted'): Promise<void> => {
     try {
-      await deps.onDeviceDisabledOrDeleted(deviceId);
+      await deps.onDeviceDisabledOrDeleted(deviceId, reason);
     } catch (error) {
       log.error('could not disconnect device after registry change', {
         deviceId,
