@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { c2dSettingsSchema, DEFAULT_C2D_SETTINGS } from '../functions/core/c2d/config.ts';
 
 /** The built-in endpoint's capacity: on-demand, or a fixed number of shards. */
 const BuiltInEndpointSchema = z
@@ -50,6 +51,12 @@ export const HubConfigSchema = z
       .default('localhost'),
     /** MQTT topic filter of the ingest rule. Change it only with the device topic scheme. */
     d2cTopicFilter: z.string().min(1).default('devices/+/messages/events/#'),
+    /**
+     * Cloud-to-device messaging: default time to live, delivery attempts, lock timeout, queue depth,
+     * unsettled messages per device and the sweep interval (times in milliseconds). Passed to the
+     * C2D functions as JSON in `C2D_SETTINGS`.
+     */
+    c2d: c2dSettingsSchema.default(() => ({ ...DEFAULT_C2D_SETTINGS })),
   })
   .strict();
 

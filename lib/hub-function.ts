@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Duration, RemovalPolicy, Validations } from 'aws-cdk-lib';
+import { Arn, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as kinesis from 'aws-cdk-lib/aws-kinesis';
@@ -100,6 +100,28 @@ export class HubFunction extends Construct {
   bindTableReadWrite(envName: string, table: dynamodb.ITable): this {
     this.function.addEnvironment(envName, table.tableName);
     table.grantReadWriteData(this.function);
+    return this;
+  }
+
+  /** Adds `envName` = table name and grants item reads only. */
+  bindTableRead(envName: string, table: dynamodb.ITable): this {
+    this.function.addEnvironment(envName, table.tableName);
+    table.grantReadData(this.function);
+    return this;
+  }
+
+  /**
+   * Grants `iot:Publish` (the IoT data plane's Publish) on the topics matching each pattern. A pattern
+   * is the part of the topic ARN after `topic/`, with IAM wildcards (acknowledge those where they are
+   * granted, with the reason).
+   */
+  grantPublish(...topicPatterns: string[]): this {
+    if (topicPatterns.length === 0) throw new Error('grantPublish needs at least one topic pattern');
+    const stack = Stack.of(this);
+    const arns = topicPatterns.map((pattern) =>
+      Arn.format({ service: 'iot', resource: 'topic', resourceName: pattern }, stack),
+    );
+    this.function.addToRolePolicy(new iam.PolicyStatement({ actions: ['iot:Publish'], resources: arns }));
     return this;
   }
 

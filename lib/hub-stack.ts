@@ -1,6 +1,8 @@
 import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import type { Construct } from 'constructs';
 import { BuiltInEndpoint } from './built-in-endpoint.ts';
+import { C2dMessaging } from './c2d.ts';
 import type { HubConfig } from './config.ts';
 import { D2CPipeline } from './d2c-pipeline.ts';
 import { Identity } from './identity.ts';
@@ -20,6 +22,7 @@ export class HubStack extends Stack {
   readonly deadLetters: HubTable;
   readonly d2c: D2CPipeline;
   readonly identity: Identity;
+  readonly c2d: C2dMessaging;
 
   constructor(scope: Construct, id: string, props: HubStackProps) {
     super(scope, id, props);
@@ -27,7 +30,12 @@ export class HubStack extends Stack {
     this.builtInEndpoint = new BuiltInEndpoint(this, 'BuiltInEndpoint', { config: config.builtInEndpoint });
     // Stateful: these construct ids are a contract (renaming replaces the table).
     this.registry = new HubTable(this, 'Registry');
-    this.ledger = new HubTable(this, 'Ledger', { indexes: ['gsi1'] });
+    // The ledger's due index (see ledgerTableDefinition in functions/adapters/ledger-dynamodb.ts)
+    // is read for keys only.
+    this.ledger = new HubTable(this, 'Ledger', {
+      indexes: ['gsi1'],
+      indexProjection: dynamodb.ProjectionType.KEYS_ONLY,
+    });
     this.deadLetters = new HubTable(this, 'DeadLetters');
     this.d2c = new D2CPipeline(this, 'D2C', {
       config,
@@ -41,8 +49,18 @@ export class HubStack extends Stack {
       deadLetters: this.deadLetters.table,
     });
 
+    this.c2d = new C2dMessaging(this, 'C2D', {
+      config,
+      ledger: this.ledger.table,
+      registry: this.registry.table,
+      deadLetters: this.deadLetters.table,
+      serviceApi: this.identity.serviceApi,
+    });
+
     new CfnOutput(this, 'RegistryTableName', { value: this.registry.table.tableName });
     new CfnOutput(this, 'BuiltInEndpointStreamName', { value: this.builtInEndpoint.stream.streamName });
     new CfnOutput(this, 'DeadLetterTableName', { value: this.deadLetters.table.tableName });
+    new CfnOutput(this, 'LedgerTableName', { value: this.ledger.table.tableName });
+    new CfnOutput(this, 'FeedbackStreamName', { value: this.c2d.feedbackStream.streamName });
   }
 }

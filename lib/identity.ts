@@ -36,7 +36,7 @@ export class Identity extends Construct {
 
     this.serviceApi = new HubFunction(this, 'ServiceApi', {
       entry: 'functions/service-api.ts',
-      description: 'Service API: registry (IoT Hub REST resources)',
+      description: 'Service API: registry and C2D send / purge / feedback (IoT Hub REST resources)',
       environment: { HUB_HOSTNAME: config.hostName },
     }).bindTableReadWrite('REGISTRY_TABLE_NAME', props.registry);
     // Disabling or deleting a device closes its live connection.

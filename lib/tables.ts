@@ -6,6 +6,8 @@ import { Construct } from 'constructs';
 export interface HubTableProps {
   /** Secondary indexes, each with string keys `{name}pk` / `{name}sk`. @default none */
   readonly indexes?: readonly string[];
+  /** What the secondary indexes hold besides their keys. @default all attributes */
+  readonly indexProjection?: dynamodb.ProjectionType;
 }
 
 /**
@@ -32,6 +34,7 @@ export class HubTable extends Construct {
         indexName: name,
         partitionKey: { name: `${name}pk`, type: dynamodb.AttributeType.STRING },
         sortKey: { name: `${name}sk`, type: dynamodb.AttributeType.STRING },
+        projectionType: props.indexProjection ?? dynamodb.ProjectionType.ALL,
       });
     }
   }

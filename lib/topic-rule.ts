@@ -77,13 +77,18 @@ export class DynamoPutAction implements ITopicRuleAction {
  * function's resource policy lets IoT rules of this account invoke it.
  */
 export class LambdaInvokeAction implements ITopicRuleAction {
+  private static readonly PERMISSION_ID = 'InvokedByIotRules';
+
   constructor(private readonly fn: lambda.IFunction) {}
 
   bind(_role: iam.IRole): iot.CfnTopicRule.ActionProperty {
-    this.fn.addPermission('InvokedByIotRules', {
-      principal: new iam.ServicePrincipal('iot.amazonaws.com'),
-      sourceAccount: Stack.of(this.fn).account,
-    });
+    // One permission covers every rule of the account, so a function behind several rules has one.
+    if (this.fn.node.tryFindChild(LambdaInvokeAction.PERMISSION_ID) === undefined) {
+      this.fn.addPermission(LambdaInvokeAction.PERMISSION_ID, {
+        principal: new iam.ServicePrincipal('iot.amazonaws.com'),
+        sourceAccount: Stack.of(this.fn).account,
+      });
+    }
     return { lambda: { functionArn: this.fn.functionArn } };
   }
 }

@@ -1,6 +1,7 @@
 import { App, Stack } from 'aws-cdk-lib';
 import type { Template } from 'aws-cdk-lib/assertions';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULT_C2D_SETTINGS } from '../../functions/core/c2d/config.ts';
 import { BuiltInEndpoint } from '../../lib/built-in-endpoint.ts';
 import { HubConfigError, type HubConfigInput, parseHubConfig } from '../../lib/config.ts';
 import type { HubStack } from '../../lib/hub-stack.ts';
@@ -105,6 +106,7 @@ describe('hub configuration errors', () => {
       maxMessageBytes: 256 * 1024,
       hostName: 'localhost',
       d2cTopicFilter: 'devices/+/messages/events/#',
+      c2d: DEFAULT_C2D_SETTINGS,
     });
   });
 

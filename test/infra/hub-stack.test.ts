@@ -63,8 +63,8 @@ function statementsOfRole(roleId: string): FlatStatement[] {
 
 describe('ingest IoT rule', () => {
   it('selects the D2C topics with the ingest SQL, version 2016-03-23, enabled', () => {
-    // The ingest rule and the presence rule.
-    template.resourceCountIs('AWS::IoT::TopicRule', 2);
+    // The ingest rule, the presence rule and the three C2D rules (connected, subscribed, settle).
+    template.resourceCountIs('AWS::IoT::TopicRule', 5);
     template.hasResourceProperties('AWS::IoT::TopicRule', {
       TopicRulePayload: Match.objectLike({
         Sql: ingestSql(D2C_TOPIC_FILTER),
