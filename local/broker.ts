@@ -63,6 +63,12 @@ export interface BrokerOptions {
   readonly ingest: (input: { topic: string; payload: Buffer; identity: Identity }) => Promise<void>;
   /** Called when a device connects or disconnects (AWS IoT's presence events). */
   readonly onPresence?: (event: PresenceEvent) => void;
+  /**
+   * Called when a device subscribes or unsubscribes (AWS IoT's subscribe/unsubscribe events), with
+   * the filters the broker granted (or removed). A `subscribed` event comes after the subscriptions
+   * are stored and active, so a publish it triggers reaches the device.
+   */
+  readonly onSubscription?: (event: SubscriptionEvent) => void;
   readonly log: (line: string) => void;
 }
 
@@ -77,6 +83,20 @@ export interface PresenceEvent {
   readonly versionNumber: number;
   readonly clientInitiatedDisconnect?: boolean;
   readonly disconnectReason?: string;
+}
+
+/**
+ * AWS IoT Core's subscribe/unsubscribe lifecycle event, published on
+ * `$aws/events/subscriptions/{eventType}/{clientId}`. `thingName` (exclusive things only) is never set.
+ */
+export interface SubscriptionEvent {
+  readonly clientId: string;
+  readonly timestamp: number;
+  readonly eventType: 'subscribed' | 'unsubscribed';
+  readonly sessionIdentifier: string;
+  readonly principalIdentifier: string;
+  /** The topic filters of one SUBSCRIBE (only those granted) or UNSUBSCRIBE packet. */
+  readonly topics: readonly string[];
 }
 
 /** The TLS client certificate of a connection, if it presented one. */
@@ -217,6 +237,37 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
   };
   broker.on('client', (client) => presence(client, 'connected'));
   broker.on('clientDisconnect', (client) => presence(client, 'disconnected'));
+
+  const subscription = (client: Client, eventType: 'subscribed' | 'unsubscribed', topics: string[]) => {
+    const identity = identities.get(client);
+    if (!identity || !options.onSubscription || topics.length === 0) return;
+    options.onSubscription({
+      clientId: client.id,
+      timestamp: Date.now(),
+      eventType,
+      sessionIdentifier: identity.principal,
+      principalIdentifier: identity.principal,
+      topics,
+    });
+  };
+  // aedes emits 'subscribe' once per SUBSCRIBE packet, after every granted filter is persisted (for
+  // a persistent session) and added to the router, with the granted QoS on each (128 = refused).
+  // Sessions restored on reconnect emit nothing, as in IoT Core, where they only have a connect event.
+  broker.on('subscribe', (subscriptions, client) => {
+    if (!client) return;
+    const granted = subscriptions.filter((s) => (s.qos as number) !== 128).map((s) => s.topic);
+    subscription(client, 'subscribed', granted);
+  });
+  // aedes also emits 'unsubscribe' when it drops a clean session's subscriptions on disconnect; only
+  // an UNSUBSCRIBE packet (the client still open) is an unsubscribe event, and only for filters the
+  // device may hold (a refused filter was never subscribed).
+  broker.on('unsubscribe', (unsubscriptions, client) => {
+    if (!client || client.closed) return;
+    const identity = identities.get(client);
+    if (!identity) return;
+    const held = unsubscriptions.filter((topic) => !subscribeRefusal(identity.deviceId, topic));
+    subscription(client, 'unsubscribed', held);
+  });
 
   const tcp = createNetServer(broker.handle);
   // Client certificates are asked for but not chain-checked by TLS: X.509 devices are matched by

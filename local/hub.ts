@@ -23,7 +23,7 @@ import { KinesisMapping } from './kinesis-mapping.ts';
 import { LambdaRunner } from './lambda-runner.ts';
 import { RulesEngine } from './rules-engine.ts';
 import { refuseServiceCaller, serviceCredentials } from './service-credentials.ts';
-import { type CfnTemplate, type LocalModel, readTemplate } from './template.ts';
+import { type CfnTemplate, type LocalModel, type LocalSchedule, readTemplate } from './template.ts';
 import { serverCertificate } from './tls.ts';
 
 /** Ports of the local hub; 0 picks a free one. */
@@ -83,6 +83,10 @@ export interface LocalHubEndpoints {
   readonly region: string;
   readonly builtInStream: string;
   readonly deadLetterTable: string;
+  /** The C2D feedback stream (`''` when the stack has none). */
+  readonly feedbackStream: string;
+  /** The C2D delivery ledger table (`''` when the stack has none). */
+  readonly ledgerTable: string;
   readonly dataDir: string;
 }
 
@@ -228,6 +232,14 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
           .ingest({ topic, payload: Buffer.from(JSON.stringify(event)), clientId: '', principal: 'iot' })
           .catch((error: unknown) => log(`presence event for '${event.clientId}' lost: ${String(error)}`));
       },
+      onSubscription: (event) => {
+        const topic = `$aws/events/subscriptions/${event.eventType}/${event.clientId}`;
+        rules
+          .ingest({ topic, payload: Buffer.from(JSON.stringify(event)), clientId: '', principal: 'iot' })
+          .catch((error: unknown) =>
+            log(`${event.eventType} event for '${event.clientId}' lost: ${String(error)}`),
+          );
+      },
       ingest: async ({ topic, payload, identity }) => {
         await rules.ingest({ topic, payload, clientId: identity.deviceId, principal: identity.principal });
       },
@@ -248,27 +260,6 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       });
       await m.start();
       closers.push(() => m.stop());
-    }
-
-    for (const schedule of model.schedules) {
-      const timer = setInterval(() => {
-        for (const fn of schedule.functionLogicalIds) {
-          const event = {
-            version: '0',
-            id: crypto.randomUUID(),
-            'detail-type': 'Scheduled Event',
-            source: 'aws.events',
-            time: new Date().toISOString(),
-            region: LOCAL_REGION,
-            resources: [schedule.logicalId],
-            detail: {},
-          };
-          runner
-            .invoke(fn, event)
-            .catch((error: unknown) => log(`schedule ${schedule.logicalId}: ${String(error)}`));
-        }
-      }, schedule.everyMs);
-      closers.push(async () => clearInterval(timer));
     }
 
     const credentials = serviceCredentials(dataDir, options.hostName);
@@ -297,12 +288,63 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       region: LOCAL_REGION,
       builtInStream: model.outputs.BuiltInEndpointStreamName ?? '',
       deadLetterTable: model.outputs.DeadLetterTableName ?? '',
+      feedbackStream: model.outputs.FeedbackStreamName ?? '',
+      ledgerTable: model.outputs.LedgerTableName ?? '',
       dataDir,
     };
     writeFileSync(path.join(dataDir, 'endpoints.json'), `${JSON.stringify(endpoints, null, 2)}\n`);
+    // Last, so the first run finds the whole hub up.
+    const schedules = startSchedules(model.schedules, (fn, event) => runner.invoke(fn, event), log);
+    closers.push(async () => schedules.stop());
     return { endpoints, model, broker, close };
   } catch (error) {
     await close();
     throw error;
   }
+}
+
+/** Running schedules; `stop` cancels every pending and future run. */
+export interface RunningSchedules {
+  stop(): void;
+}
+
+/**
+ * Fires each `rate(...)` schedule once at once, then every interval. In the cloud the EventBridge
+ * rule has been running all along, so a hub that starts (or restarts) sweeps at once instead of
+ * waiting one interval. Runs are not serialized: like EventBridge, a slow run does not hold back
+ * the next one.
+ */
+export function startSchedules(
+  schedules: readonly LocalSchedule[],
+  invoke: (functionLogicalId: string, event: unknown) => Promise<unknown>,
+  log: (line: string) => void,
+): RunningSchedules {
+  const timers: NodeJS.Timeout[] = [];
+  let stopped = false;
+  const fire = (schedule: LocalSchedule) => {
+    if (stopped) return;
+    for (const fn of schedule.functionLogicalIds) {
+      const event = {
+        version: '0',
+        id: crypto.randomUUID(),
+        'detail-type': 'Scheduled Event',
+        source: 'aws.events',
+        time: new Date().toISOString(),
+        region: LOCAL_REGION,
+        resources: [schedule.logicalId],
+        detail: {},
+      };
+      invoke(fn, event).catch((error: unknown) => log(`schedule ${schedule.logicalId}: ${String(error)}`));
+    }
+  };
+  for (const schedule of schedules) {
+    timers.push(setTimeout(() => fire(schedule), 0));
+    timers.push(setInterval(() => fire(schedule), schedule.everyMs));
+  }
+  return {
+    stop: () => {
+      stopped = true;
+      for (const timer of timers) clearTimeout(timer);
+    },
+  };
 }

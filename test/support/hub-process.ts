@@ -30,6 +30,8 @@ export interface StartOptions {
   readonly dataDir?: string;
   readonly args?: readonly string[];
   readonly env?: Record<string, string>;
+  /** Node options before the script, e.g. `['--cpu-prof', '--cpu-prof-dir=prof']`. */
+  readonly nodeArgs?: readonly string[];
 }
 
 const ZERO_PORTS = [
@@ -48,6 +50,7 @@ export async function startHubProcess(options: StartOptions = {}): Promise<HubPr
   const child: ChildProcess = spawn(
     process.execPath,
     [
+      ...(options.nodeArgs ?? []),
       '--import',
       'tsx',
       'local/main.ts',
