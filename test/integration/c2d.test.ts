@@ -4,38 +4,41 @@ import { App } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildHub, HUB_STACK_ID } from '../../lib/app.ts';
 import { parseHubConfig } from '../../lib/config.ts';
+import { readJsonStream } from '../support/built-in.ts';
 import { C2dTestDevice } from '../support/c2d-device.ts';
 import { type DeviceCredentials, registerDevice, sasCredentials, service } from '../support/devices.ts';
 import { type HubProcess, startHubProcess, tempDataDir } from '../support/hub-process.ts';
 
-// Short lock and sweep so that lapses, redeliveries and dead-lettering happen within seconds.
+// Functional tests run with a lock long enough that a loaded machine never lapses one by accident;
+// the lapse, dead-letter, race and crash tests use a short lock and sweep so those happen in seconds.
+const LONG_LOCK_MS = 30_000;
 const LOCK_MS = 2_000;
 const MAX_DELIVERIES = 3;
 
-let templateFile: string | undefined;
-/** The stack synthesized with test C2D settings, written once, run by every hub of this file. */
-function testTemplate(): string {
-  if (templateFile !== undefined) return templateFile;
+const templates = new Map<number, string>();
+/** The stack synthesized with test C2D settings, written once per lock timeout. */
+function testTemplate(lockTimeoutMs: number): string {
+  const cached = templates.get(lockTimeoutMs);
+  if (cached !== undefined) return cached;
   const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
   buildHub(
     app,
     parseHubConfig({
-      c2d: {
-        lockTimeoutMs: LOCK_MS,
-        sweepIntervalMs: 1_000,
-        maxDeliveryCount: MAX_DELIVERIES,
-        maxInFlight: 5,
-      },
+      c2d: { lockTimeoutMs, sweepIntervalMs: 1_000, maxDeliveryCount: MAX_DELIVERIES, maxInFlight: 5 },
     }),
   );
   const template = app.synth().getStackByName(HUB_STACK_ID).template as unknown;
-  templateFile = path.join(tempDataDir('c2d-template-'), 'c2d.template.json');
-  writeFileSync(templateFile, JSON.stringify(template));
-  return templateFile;
+  const file = path.join(tempDataDir('c2d-template-'), 'c2d.template.json');
+  writeFileSync(file, JSON.stringify(template));
+  templates.set(lockTimeoutMs, file);
+  return file;
 }
 
-function startC2dHub(dataDir?: string): Promise<HubProcess> {
-  return startHubProcess({ ...(dataDir ? { dataDir } : {}), args: [`--template=${testTemplate()}`] });
+function startC2dHub(dataDir?: string, lockTimeoutMs = LOCK_MS): Promise<HubProcess> {
+  return startHubProcess({
+    ...(dataDir ? { dataDir } : {}),
+    args: [`--template=${testTemplate(lockTimeoutMs)}`],
+  });
 }
 
 interface MessageStatus {
@@ -110,7 +113,7 @@ async function feedbackFor(hub: HubProcess, messageId: string): Promise<Feedback
 describe('cloud-to-device messages on the local hub', () => {
   let hub: HubProcess;
   beforeAll(async () => {
-    hub = await startC2dHub();
+    hub = await startC2dHub(undefined, LONG_LOCK_MS);
   });
   afterAll(async () => {
     await hub?.stop();
@@ -164,6 +167,17 @@ describe('cloud-to-device messages on the local hub', () => {
         status: 'success',
         statusCode: 'Success',
       });
+      // The same record is on the feedback stream (the feedback endpoint), keyed by device id.
+      const record = await feedbackFor(hub, 'm-online');
+      const onStream = await eventually(
+        () => readJsonStream(hub.endpoints.kinesis, hub.endpoints.feedbackStream),
+        (rs) => rs.some((r) => r.json.id === record.id),
+        'the feedback record on the feedback stream',
+      );
+      expect(onStream.find((r) => r.json.id === record.id)).toEqual({
+        partitionKey: 'c2d-online',
+        json: record,
+      });
     } finally {
       await device.end();
     }
@@ -178,11 +192,9 @@ describe('cloud-to-device messages on the local hub', () => {
       // maxInFlight 5: the first five arrive; each completion makes room for the next.
       const first = await device.receivedCount(5);
       expect(first.map((m) => m.body)).toEqual(['n0', 'n1', 'n2', 'n3', 'n4']);
-      for (let i = 0; i < 8; i++) {
-        const message = await device.until(() => device.received[i], `message ${i}`);
-        expect((await device.settle('complete', message.lockToken)).status).toBe(200);
-      }
-      expect(device.received.map((m) => m.body)).toEqual(['n0', 'n1', 'n2', 'n3', 'n4', 'n5', 'n6', 'n7']);
+      const ids = Array.from({ length: 8 }, (_, i) => `off-${i}`);
+      await device.completeAll(ids);
+      expect(device.firstDeliveryOrder()).toEqual(ids);
       for (let i = 0; i < 8; i++)
         expect((await status(hub, 'c2d-offline', `off-${i}`)).state).toBe('Completed');
     } finally {
@@ -210,57 +222,6 @@ describe('cloud-to-device messages on the local hub', () => {
       expect(again.lockToken).not.toBe(aba!.lockToken);
       expect((await device.settle('complete', again.lockToken)).status).toBe(200);
       expect(await status(hub, 'c2d-settle', 'aba')).toMatchObject({ state: 'Completed', deliveryCount: 2 });
-    } finally {
-      await device.end();
-    }
-  });
-
-  it('redelivers after the lock lapses; the old lock token is then stale (412) and a made-up one unknown (404)', async () => {
-    const device = await C2dTestDevice.connect(
-      hub.endpoints,
-      await registerDevice(hub.endpoints, 'c2d-lapse'),
-    );
-    try {
-      await sendOk(hub, 'c2d-lapse', { body: 'x', messageId: 'lapse' });
-      const [first] = await device.receivedCount(1);
-      const second = await device.until(
-        () => device.received.find((m) => m.deliveryCount === 2),
-        'a redelivery after the lock lapsed',
-      );
-      expect(second.messageId).toBe('lapse');
-      const stale = await device.settle('complete', first!.lockToken);
-      expect(stale).toMatchObject({ status: 412, body: { code: 'StaleLockToken' } });
-      const unknown = await device.settle(
-        'complete',
-        `${second.lockToken.slice(0, 9)}00000000000000.${'0'.repeat(24)}`,
-      );
-      expect(unknown.status).toBe(404);
-      expect((await device.settle('finish', second.lockToken)).status).toBe(400);
-      expect((await device.settle('complete', second.lockToken)).status).toBe(200);
-      // Settling twice: the second is stale and changes nothing.
-      expect((await device.settle('reject', second.lockToken)).status).toBe(412);
-      expect((await status(hub, 'c2d-lapse', 'lapse')).state).toBe('Completed');
-    } finally {
-      await device.end();
-    }
-  });
-
-  it('dead-letters a message never settled after maxDeliveryCount deliveries, with feedback', async () => {
-    const device = await C2dTestDevice.connect(hub.endpoints, await registerDevice(hub.endpoints, 'c2d-dlq'));
-    try {
-      await sendOk(hub, 'c2d-dlq', { body: 'ignored', messageId: 'dlq', ack: 'full' });
-      const final = await eventually(
-        () => status(hub, 'c2d-dlq', 'dlq'),
-        (s) => s.state === 'DeadLettered',
-        'dead-lettering',
-        30_000,
-      );
-      expect(final.deliveryCount).toBe(MAX_DELIVERIES);
-      expect(device.received.map((m) => m.deliveryCount)).toEqual([1, 2, 3]);
-      expect(await feedbackFor(hub, 'dlq')).toMatchObject({
-        status: 'deliveryCountExceeded',
-        statusCode: 'DeliveryCountExceeded',
-      });
     } finally {
       await device.end();
     }
@@ -380,6 +341,68 @@ describe('cloud-to-device messages on the local hub', () => {
     expect(ack).toMatchObject({ status: 200, body: { acknowledged: 1 } });
     expect((await allFeedback(hub)).some((f) => f.id === record.id)).toBe(false);
   });
+});
+
+describe('lock lapses, dead-lettering and races (short locks)', () => {
+  let hub: HubProcess;
+  beforeAll(async () => {
+    hub = await startC2dHub();
+  });
+  afterAll(async () => {
+    await hub?.stop();
+  });
+
+  it('redelivers after the lock lapses; the old lock token is then stale (412) and a made-up one unknown (404)', async () => {
+    const device = await C2dTestDevice.connect(
+      hub.endpoints,
+      await registerDevice(hub.endpoints, 'c2d-lapse'),
+    );
+    try {
+      await sendOk(hub, 'c2d-lapse', { body: 'x', messageId: 'lapse' });
+      const [first] = await device.receivedCount(1);
+      const second = await device.until(
+        () => device.received.find((m) => m.deliveryCount === 2),
+        'a redelivery after the lock lapsed',
+      );
+      expect(second.messageId).toBe('lapse');
+      const stale = await device.settle('complete', first!.lockToken);
+      expect(stale).toMatchObject({ status: 412, body: { code: 'StaleLockToken' } });
+      const unknown = await device.settle(
+        'complete',
+        `${second.lockToken.slice(0, 9)}00000000000000.${'0'.repeat(24)}`,
+      );
+      expect(unknown.status).toBe(404);
+      expect((await device.settle('finish', second.lockToken)).status).toBe(400);
+      await device.completeAll(['lapse']);
+      // Settling twice: the second is stale and changes nothing.
+      const last = device.received.filter((m) => m.messageId === 'lapse').at(-1)!;
+      expect((await device.settle('reject', last.lockToken)).status).toBe(412);
+      expect((await status(hub, 'c2d-lapse', 'lapse')).state).toBe('Completed');
+    } finally {
+      await device.end();
+    }
+  });
+
+  it('dead-letters a message never settled after maxDeliveryCount deliveries, with feedback', async () => {
+    const device = await C2dTestDevice.connect(hub.endpoints, await registerDevice(hub.endpoints, 'c2d-dlq'));
+    try {
+      await sendOk(hub, 'c2d-dlq', { body: 'ignored', messageId: 'dlq', ack: 'full' });
+      const final = await eventually(
+        () => status(hub, 'c2d-dlq', 'dlq'),
+        (s) => s.state === 'DeadLettered',
+        'dead-lettering',
+        30_000,
+      );
+      expect(final.deliveryCount).toBe(MAX_DELIVERIES);
+      expect(device.received.map((m) => m.deliveryCount)).toEqual([1, 2, 3]);
+      expect(await feedbackFor(hub, 'dlq')).toMatchObject({
+        status: 'deliveryCountExceeded',
+        statusCode: 'DeliveryCountExceeded',
+      });
+    } finally {
+      await device.end();
+    }
+  });
 
   it('ends a race of two settlements and a lock lapse on one message in exactly one final state', async () => {
     const device = await C2dTestDevice.connect(
@@ -407,13 +430,10 @@ describe('cloud-to-device messages on the local hub', () => {
           expect(final.state).toBe(wins[0]!.body.state);
           expect(['Completed', 'Rejected']).toContain(final.state);
         } else {
-          // The lapse won: both tokens stale, the message went back to the queue and was redelivered.
+          // The lapse won: both tokens stale, the message went back to the queue and is redelivered.
           expect([a.status, b.status]).toEqual([412, 412]);
-          const redelivered = await device.until(
-            () => device.received.find((m) => m.messageId === messageId && m.deliveryCount === 2),
-            'the redelivery after the lapse',
-          );
-          expect((await device.settle('complete', redelivered.lockToken)).status).toBe(200);
+          await device.completeAll([messageId]);
+          expect((await status(hub, 'c2d-race', messageId)).state).toBe('Completed');
         }
       }
     } finally {
@@ -439,11 +459,9 @@ describe('cloud-to-device messages survive a crash of the local hub (SIGKILL)', 
     hub = await startC2dHub(dataDir);
     const device = await deviceOn(hub, creds);
     try {
-      for (let i = 0; i < 10; i++) {
-        const message = await device.until(() => device.received[i], `message ${i}`);
-        expect(message.body).toBe(`s${i}`);
-        expect((await device.settle('complete', message.lockToken)).status).toBe(200);
-      }
+      const ids = Array.from({ length: 10 }, (_, i) => `cs-${i}`);
+      await device.completeAll(ids);
+      expect(device.firstDeliveryOrder()).toEqual(ids);
       for (let i = 0; i < 10; i++)
         expect((await status(hub, 'crash-send', `cs-${i}`)).state).toBe('Completed');
     } finally {
@@ -465,16 +483,7 @@ describe('cloud-to-device messages survive a crash of the local hub (SIGKILL)', 
     hub = await startC2dHub(dataDir);
     device = await deviceOn(hub, creds);
     try {
-      const settled = new Set<string>();
-      while (settled.size < 5) {
-        const next = await device.until(
-          () => device.received.find((m) => !settled.has(m.messageId)),
-          'a redelivered message',
-        );
-        const answer = await device.settle('complete', next.lockToken);
-        expect(answer.status).toBe(200);
-        settled.add(next.messageId);
-      }
+      await device.completeAll(Array.from({ length: 5 }, (_, i) => `cd-${i}`));
       for (let i = 0; i < 5; i++) {
         expect(await status(hub, 'crash-settle', `cd-${i}`)).toMatchObject({ state: 'Completed' });
         expect((await status(hub, 'crash-settle', `cd-${i}`)).deliveryCount).toBeGreaterThanOrEqual(2);
@@ -510,6 +519,17 @@ describe('cloud-to-device messages survive a crash of the local hub (SIGKILL)', 
       const feedback = (await allFeedback(hub)).filter((f) => f.deviceId === 'crash-sweep');
       expect(new Set(feedback.map((f) => f.originalMessageId))).toEqual(new Set(ids));
       expect(feedback.every((f) => f.status === 'deliveryCountExceeded')).toBe(true);
+      // At least once on the feedback stream too, across the crash.
+      const stream = await eventually(
+        () => readJsonStream(hub.endpoints.kinesis, hub.endpoints.feedbackStream),
+        (rs) => ids.every((id) => rs.some((r) => r.json.originalMessageId === id)),
+        'every dead-lettered message on the feedback stream',
+      );
+      expect(
+        stream
+          .filter((r) => r.partitionKey === 'crash-sweep')
+          .every((r) => r.json.status === 'deliveryCountExceeded'),
+      ).toBe(true);
     } finally {
       await again.end();
       await hub.stop();

@@ -15,9 +15,17 @@ export interface ReadRecord {
   readonly envelope: D2CEnvelope;
 }
 
+/** One raw record read back from a stream. */
+export interface RawRecord {
+  readonly shardId: string;
+  readonly partitionKey: string;
+  readonly sequenceNumber: string;
+  readonly data: Uint8Array;
+}
+
 /** Reads every record on every shard of a stream from the start, with the real AWS SDK. */
-export async function readStream(client: KinesisClient, streamName: string): Promise<ReadRecord[]> {
-  const out: ReadRecord[] = [];
+export async function readRawStream(client: KinesisClient, streamName: string): Promise<RawRecord[]> {
+  const out: RawRecord[] = [];
   const shards = await client.send(new ListShardsCommand({ StreamName: streamName }));
   for (const shard of shards.Shards ?? []) {
     const shardId = shard.ShardId ?? '';
@@ -37,7 +45,7 @@ export async function readStream(client: KinesisClient, streamName: string): Pro
           shardId,
           partitionKey: r.PartitionKey ?? '',
           sequenceNumber: r.SequenceNumber ?? '',
-          envelope: decodeEnvelope(r.Data ?? new Uint8Array()),
+          data: r.Data ?? new Uint8Array(),
         });
       }
       if ((page.Records ?? []).length === 0 || page.MillisBehindLatest === 0) break;
@@ -45,6 +53,30 @@ export async function readStream(client: KinesisClient, streamName: string): Pro
     }
   }
   return out;
+}
+
+/** Reads every envelope on the built-in endpoint (or any stream of envelopes) from the start. */
+export async function readStream(client: KinesisClient, streamName: string): Promise<ReadRecord[]> {
+  return (await readRawStream(client, streamName)).map(({ data, ...rest }) => ({
+    ...rest,
+    envelope: decodeEnvelope(data),
+  }));
+}
+
+/** Reads a stream of JSON records (e.g. the C2D feedback stream) from the start. */
+export async function readJsonStream(
+  kinesisUrl: string,
+  streamName: string,
+): Promise<{ partitionKey: string; json: Record<string, unknown> }[]> {
+  const client = localKinesisClient(kinesisUrl);
+  try {
+    return (await readRawStream(client, streamName)).map((r) => ({
+      partitionKey: r.partitionKey,
+      json: JSON.parse(Buffer.from(r.data).toString('utf8')) as Record<string, unknown>,
+    }));
+  } finally {
+    client.destroy();
+  }
 }
 
 /** Polls the built-in endpoint until `done(records)` holds or the time is up; returns the last read. */

@@ -139,6 +139,33 @@ export class C2dTestDevice {
     );
   }
 
+  /**
+   * Completes each message in `messageIds` once it arrives. A completion refused as stale (412: the
+   * lock lapsed first, as it may on a loaded machine with the tests' short locks) waits for the
+   * redelivery and completes that, which is the behaviour at-least-once promises.
+   */
+  async completeAll(messageIds: readonly string[], timeoutMs = 30_000): Promise<void> {
+    for (const messageId of messageIds) {
+      let after = 0;
+      for (;;) {
+        const latest = await this.until(
+          () => this.received.filter((m) => m.messageId === messageId && m.deliveryCount > after).at(-1),
+          `a delivery of ${messageId} after attempt ${after}`,
+          timeoutMs,
+        );
+        const answer = await this.settle('complete', latest.lockToken, timeoutMs);
+        if (answer.status === 200) break;
+        if (answer.status !== 412) throw new Error(`completing ${messageId}: ${JSON.stringify(answer.body)}`);
+        after = latest.deliveryCount;
+      }
+    }
+  }
+
+  /** Message ids in the order of their first delivery. */
+  firstDeliveryOrder(): string[] {
+    return [...new Set(this.received.map((m) => m.messageId))];
+  }
+
   async end(): Promise<void> {
     await this.client.endAsync();
   }
