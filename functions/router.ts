@@ -5,10 +5,13 @@ import { KinesisStreamSink } from './adapters/kinesis-sink.ts';
 import { powertoolsLog } from './adapters/log.ts';
 import { type RouterDeps, routeBatch } from './core/d2c/router.ts';
 import { requireEnv, requireIntEnv } from './core/env.ts';
+import { endpointStreamsFromEnv, routingFromEnv } from './core/routing/config.ts';
+import { compileRouting } from './core/routing/table.ts';
 
 /**
  * The D2C router: a Kinesis event source mapping on the ingest stream invokes it with batches;
- * it writes envelopes to the built-in endpoint and reports the first unsafe record as a batch
+ * it evaluates the hub's routes and writes envelopes to the endpoints they select (the built-in
+ * endpoint for the fallback route) and reports the first unsafe record as a batch
  * item failure, so Lambda retries from there (and only from there).
  */
 export function makeHandler(deps: RouterDeps) {
@@ -26,8 +29,17 @@ export function makeHandler(deps: RouterDeps) {
 }
 
 function defaultDeps(env: NodeJS.ProcessEnv): RouterDeps {
+  const { hubName, routing } = routingFromEnv(env);
+  const endpoints = Object.fromEntries(
+    Object.entries(endpointStreamsFromEnv(env)).map(([name, stream]) => [
+      name,
+      new KinesisStreamSink(kinesisClient(), stream),
+    ]),
+  );
   return {
     builtIn: new KinesisStreamSink(kinesisClient(), requireEnv(env, 'BUILTIN_STREAM_NAME')),
+    endpoints,
+    routing: compileRouting(routing, hubName),
     deadLetters: new DynamoDeadLetterStore(dynamoDocumentClient(), requireEnv(env, 'DEADLETTER_TABLE_NAME')),
     log: powertoolsLog('router'),
     limits: { maxMessageBytes: requireIntEnv(env, 'MAX_MESSAGE_BYTES') },

@@ -8,6 +8,8 @@ import type {
   StreamEntry,
   StreamSink,
 } from '../../functions/core/ports.ts';
+import { routingConfigSchema } from '../../functions/core/routing/config.ts';
+import { compileRouting } from '../../functions/core/routing/table.ts';
 
 const NOW = new Date('2030-01-02T03:04:05.000Z');
 
@@ -390,5 +392,126 @@ describe('routeBatch under steady partial throttling', () => {
     expect(result.delivered).toBe(60);
     expect(written).toHaveLength(60);
     expect(calls).toBeGreaterThan(4);
+  });
+});
+
+/** A message with properties and a JSON body that routes can query. */
+function routable(device: string, mid: string, props: string, body: unknown): SourceRecord {
+  const ingest: IngestRecord = {
+    topic: `devices/${device}/messages/events/$.mid=${mid}&$.ct=application%2Fjson&$.ce=utf-8${props ? `&${props}` : ''}`,
+    clientId: device,
+    principal: `sas:${device}`,
+    enqueuedTime: NOW.getTime(),
+    ingestId: `ingest-${mid}`,
+    body: Buffer.from(JSON.stringify(body)).toString('base64'),
+  };
+  return raw(JSON.stringify(ingest));
+}
+
+function routing(config: unknown) {
+  return compileRouting(routingConfigSchema.parse(config), 'unit-hub');
+}
+
+describe('routeBatch: routes, fallback and enrichments', () => {
+  const config = {
+    endpoints: [
+      { name: 'alerts', type: 'kinesis' },
+      { name: 'hot', type: 'kinesis' },
+    ],
+    routes: [
+      { name: 'by-property', condition: "level = 'critical'", endpointNames: ['alerts'] },
+      { name: 'by-body', condition: '$body.temp > 40', endpointNames: ['hot'] },
+      { name: 'also-by-body', condition: '$body.temp > 50', endpointNames: ['hot'] },
+      { name: 'off', condition: 'true', endpointNames: ['alerts'], isEnabled: false },
+    ],
+    enrichments: [
+      { key: 'hub', value: '$iothubname', endpointNames: ['alerts'] },
+      { key: 'tier', value: 'gold', endpointNames: ['alerts', 'events'] },
+    ],
+  };
+
+  function setup(overrides: Record<string, unknown> = {}, sinks: Partial<Record<string, StreamSink>> = {}) {
+    const builtIn = new FakeSink();
+    const alerts = new FakeSink();
+    const hot = new FakeSink();
+    const d = deps(builtIn).deps;
+    const value: RouterDeps = {
+      ...d,
+      endpoints: { alerts: sinks.alerts ?? alerts, hot: sinks.hot ?? hot },
+      routing: routing({ ...config, ...overrides }),
+    };
+    return { builtIn, alerts, hot, deps: value };
+  }
+
+  it('sends a message to every endpoint whose route matches, each once, and the rest to the fallback', async () => {
+    const t = setup();
+    const result = await routeBatch(
+      [
+        routable('d1', 'crit-hot', 'level=critical', { temp: 60 }),
+        routable('d1', 'crit', 'level=critical', { temp: 10 }),
+        routable('d1', 'hot', 'level=info', { temp: 45 }),
+        routable('d1', 'plain', 'level=info', { temp: 20 }),
+      ],
+      t.deps,
+    );
+    expect(result).toEqual({ delivered: 4, deadLettered: 0 });
+    expect(t.alerts.writtenIds).toEqual(['crit-hot', 'crit']);
+    // Two routes to 'hot' match 'crit-hot': it is written there once.
+    expect(t.hot.writtenIds).toEqual(['crit-hot', 'hot']);
+    expect(t.builtIn.writtenIds).toEqual(['plain']);
+  });
+
+  it('adds enrichments per endpoint, over the device properties, after routing', async () => {
+    const t = setup();
+    await routeBatch(
+      [
+        routable('d1', 'e1', 'level=critical&tier=bronze', { temp: 0 }),
+        routable('d1', 'e2', 'level=info', { temp: 0 }),
+      ],
+      t.deps,
+    );
+    expect(decodeEnvelope(t.alerts.written[0]!.data).properties).toEqual({
+      level: 'critical',
+      tier: 'gold',
+      hub: 'unit-hub',
+    });
+    expect(decodeEnvelope(t.builtIn.written[0]!.data).properties).toEqual({ level: 'info', tier: 'gold' });
+  });
+
+  it('drops (and counts) messages that match no route when the fallback route is off', async () => {
+    const t = setup({ fallbackRoute: { isEnabled: false } });
+    const result = await routeBatch(
+      [
+        routable('d1', 'none', 'level=info', { temp: 1 }),
+        routable('d1', 'crit', 'level=critical', { temp: 1 }),
+      ],
+      t.deps,
+    );
+    expect(result).toEqual({ delivered: 1, deadLettered: 0, unrouted: 1 });
+    expect(t.builtIn.written).toEqual([]);
+    expect(t.alerts.writtenIds).toEqual(['crit']);
+  });
+
+  it('retries from the first record one of its endpoints lacks, keeping per-device order there', async () => {
+    const failing = new ThrowingSink();
+    const t = setup({}, { hot: failing });
+    const records = [
+      routable('d1', 'a', 'level=critical', { temp: 1 }),
+      routable('d1', 'b', 'level=info', { temp: 45 }),
+      routable('d1', 'c', 'level=critical', { temp: 1 }),
+    ];
+    const result = await routeBatch(records, t.deps);
+    expect(result.retryFrom).toBe(records[1]!.sequenceNumber);
+    expect(failing.calls).toBeGreaterThan(0);
+    // 'a' is safe; 'c' may have been written to alerts already and will be written again on retry.
+    expect(t.alerts.writtenIds[0]).toBe('a');
+  });
+
+  it('dead-letters a message routed to an endpoint the deployment has no stream for', async () => {
+    const letters = new FakeDeadLetters();
+    const d: RouterDeps = { ...deps(new FakeSink(), letters).deps, endpoints: {}, routing: routing(config) };
+    const result = await routeBatch([routable('d1', 'x', 'level=critical', {})], d);
+    expect(result).toEqual({ delivered: 0, deadLettered: 1 });
+    expect(letters.letters[0]?.code).toBe('UnknownEndpoint');
   });
 });
