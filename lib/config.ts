@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { c2dSettingsSchema, DEFAULT_C2D_SETTINGS } from '../functions/core/c2d/config.ts';
+import { DEFAULT_ROUTING, routingConfigSchema } from '../functions/core/routing/config.ts';
 
 /** The built-in endpoint's capacity: on-demand, or a fixed number of shards. */
 const BuiltInEndpointSchema = z
@@ -57,6 +58,13 @@ export const HubConfigSchema = z
      * C2D functions as JSON in `C2D_SETTINGS`.
      */
     c2d: c2dSettingsSchema.default(() => ({ ...DEFAULT_C2D_SETTINGS })),
+    /**
+     * Message routing, IoT Hub's model: custom endpoints (Kinesis streams the stack creates), routes
+     * (a condition compiled here, at synth time, and one endpoint each), the fallback route and
+     * enrichments. Passed to the router as JSON in `ROUTING`. Absent: no routes, fallback on, so
+     * every message goes to the built-in endpoint.
+     */
+    routing: routingConfigSchema.default(() => structuredClone(DEFAULT_ROUTING)),
   })
   .strict();
 

@@ -107,6 +107,7 @@ describe('hub configuration errors', () => {
       hostName: 'localhost',
       d2cTopicFilter: 'devices/+/messages/events/#',
       c2d: DEFAULT_C2D_SETTINGS,
+      routing: { endpoints: [], routes: [], fallbackRoute: { isEnabled: true }, enrichments: [] },
     });
   });
 
