@@ -87,6 +87,8 @@ export interface LocalHubEndpoints {
   readonly feedbackStream: string;
   /** The C2D delivery ledger table (`''` when the stack has none). */
   readonly ledgerTable: string;
+  /** Custom routing endpoints' Kinesis streams by endpoint name (stack output `CustomEndpointStreams`). */
+  readonly customEndpointStreams: Readonly<Record<string, string>>;
   readonly dataDir: string;
 }
 
@@ -290,6 +292,10 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       deadLetterTable: model.outputs.DeadLetterTableName ?? '',
       feedbackStream: model.outputs.FeedbackStreamName ?? '',
       ledgerTable: model.outputs.LedgerTableName ?? '',
+      customEndpointStreams: JSON.parse(model.outputs.CustomEndpointStreams ?? '{}') as Record<
+        string,
+        string
+      >,
       dataDir,
     };
     writeFileSync(path.join(dataDir, 'endpoints.json'), `${JSON.stringify(endpoints, null, 2)}\n`);

@@ -44,6 +44,13 @@ const ZERO_PORTS = [
   '--service-api-port=0',
 ];
 
+// Hubs still running when the test process exits (a test failed before it stopped its hub) are
+// killed with it, so no hub outlives the run.
+const live = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of live) child.kill('SIGKILL');
+});
+
 /** Starts `local/main.ts --json` and resolves when it prints its ready line. */
 export async function startHubProcess(options: StartOptions = {}): Promise<HubProcess> {
   const dataDir = options.dataDir ?? tempDataDir();
@@ -74,7 +81,13 @@ export async function startHubProcess(options: StartOptions = {}): Promise<HubPr
   };
   createInterface({ input: child.stdout! }).on('line', onLine);
   createInterface({ input: child.stderr! }).on('line', onLine);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  live.add(child);
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => {
+      live.delete(child);
+      resolve(code);
+    }),
+  );
 
   const waitForLog = (pattern: RegExp, timeoutMs = 30_000) => {
     const seen = logs.find((l) => pattern.test(l));
