@@ -1,4 +1,4 @@
-import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
+import type { APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { MemoryDeliveryLedger } from '../../functions/adapters/ledger-memory.ts';
 import { MemoryDeviceRegistry } from '../../functions/adapters/registry-memory.ts';
@@ -7,6 +7,7 @@ import { C2dDelivery } from '../../functions/core/c2d/delivery.ts';
 import type { FeedbackRecord } from '../../functions/core/c2d/feedback.ts';
 import { MAX_BODY_BYTES } from '../../functions/core/c2d/message.ts';
 import type { DeviceConnections } from '../../functions/core/service-api/registry-routes.ts';
+import { type EventOptions, urlEvent } from '../support/function-url-event.ts';
 import { FakeClock, MemoryLog, RecordingPublisher } from './c2d-fakes.ts';
 
 // The module builds its default handler at import time; give it the variables its stack would.
@@ -25,39 +26,6 @@ class FakeConnections implements DeviceConnections {
   async disconnect(deviceId: string): Promise<void> {
     this.disconnected.push(deviceId);
   }
-}
-
-interface EventOptions {
-  body?: string;
-  query?: Record<string, string>;
-}
-
-/** A Lambda Function URL event (payload format 2.0). */
-function urlEvent(method: string, rawPath: string, options: EventOptions = {}): APIGatewayProxyEventV2 {
-  const query = options.query ?? {};
-  const rawQueryString = new URLSearchParams(query).toString();
-  return {
-    version: '2.0',
-    routeKey: '$default',
-    rawPath,
-    rawQueryString,
-    headers: { host: 'abc.lambda-url.eu-west-1.on.aws', 'content-type': 'application/json' },
-    ...(rawQueryString === '' ? {} : { queryStringParameters: query }),
-    requestContext: {
-      accountId: '123456789012',
-      apiId: 'abc',
-      domainName: 'abc.lambda-url.eu-west-1.on.aws',
-      domainPrefix: 'abc',
-      http: { method, path: rawPath, protocol: 'HTTP/1.1', sourceIp: '10.0.0.1', userAgent: 'vitest' },
-      requestId: 'req-1',
-      routeKey: '$default',
-      stage: '$default',
-      time: '01/Jan/2030:00:00:00 +0000',
-      timeEpoch: T0,
-    },
-    ...(options.body === undefined ? {} : { body: options.body }),
-    isBase64Encoded: false,
-  };
 }
 
 /** Parsed JSON seen loosely, for assertions. */

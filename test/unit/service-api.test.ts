@@ -3,7 +3,7 @@ import {
   IoTDataPlaneClient,
   ResourceNotFoundException,
 } from '@aws-sdk/client-iot-data-plane';
-import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
+import type { APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { IotConnections } from '../../functions/adapters/connections.ts';
 import { MemoryDeviceRegistry } from '../../functions/adapters/registry-memory.ts';
@@ -16,9 +16,10 @@ import {
   ValidationError,
 } from '../../functions/core/errors.ts';
 import type { Device } from '../../functions/core/identity/device.ts';
-import type { Log } from '../../functions/core/ports.ts';
 import { errorResponse, RouteTable } from '../../functions/core/service-api/http.ts';
 import type { DeviceConnections } from '../../functions/core/service-api/registry-routes.ts';
+import { type EventOptions, urlEvent } from '../support/function-url-event.ts';
+import { MemoryLog } from './c2d-fakes.ts';
 
 // The module builds its default handler at import time; give it the variable its stack would.
 vi.hoisted(() => {
@@ -29,28 +30,6 @@ vi.hoisted(() => {
 
 const { makeHandler } = await import('../../functions/service-api.ts');
 
-interface LogEntry {
-  level: 'info' | 'warn' | 'error';
-  message: string;
-  context: Record<string, unknown> | undefined;
-}
-
-class MemoryLog implements Log {
-  readonly entries: LogEntry[] = [];
-  info(message: string, context?: Record<string, unknown>): void {
-    this.entries.push({ level: 'info', message, context });
-  }
-  warn(message: string, context?: Record<string, unknown>): void {
-    this.entries.push({ level: 'warn', message, context });
-  }
-  error(message: string, context?: Record<string, unknown>): void {
-    this.entries.push({ level: 'error', message, context });
-  }
-  at(level: LogEntry['level']): LogEntry[] {
-    return this.entries.filter((e) => e.level === level);
-  }
-}
-
 class FakeConnections implements DeviceConnections {
   readonly disconnected: string[] = [];
   failWith: Error | undefined;
@@ -58,45 +37,6 @@ class FakeConnections implements DeviceConnections {
     this.disconnected.push(deviceId);
     if (this.failWith) throw this.failWith;
   }
-}
-
-interface EventOptions {
-  body?: string;
-  headers?: Record<string, string>;
-  query?: Record<string, string>;
-  base64?: boolean;
-}
-
-/** A Lambda Function URL event (payload format 2.0), as the service sends it. */
-function urlEvent(method: string, rawPath: string, options: EventOptions = {}): APIGatewayProxyEventV2 {
-  const query = options.query ?? {};
-  const rawQueryString = new URLSearchParams(query).toString();
-  return {
-    version: '2.0',
-    routeKey: '$default',
-    rawPath,
-    rawQueryString,
-    headers: { host: 'abc.lambda-url.eu-west-1.on.aws', ...options.headers },
-    ...(rawQueryString === '' ? {} : { queryStringParameters: query }),
-    requestContext: {
-      accountId: '123456789012',
-      apiId: 'abc',
-      domainName: 'abc.lambda-url.eu-west-1.on.aws',
-      domainPrefix: 'abc',
-      http: { method, path: rawPath, protocol: 'HTTP/1.1', sourceIp: '10.0.0.1', userAgent: 'vitest' },
-      requestId: 'req-1',
-      routeKey: '$default',
-      stage: '$default',
-      time: '01/Jan/2030:00:00:00 +0000',
-      timeEpoch: 1_893_456_000_000,
-    },
-    ...(options.body === undefined
-      ? {}
-      : {
-          body: options.base64 ? Buffer.from(options.body, 'utf8').toString('base64') : options.body,
-        }),
-    isBase64Encoded: options.base64 ?? false,
-  };
 }
 
 interface Reply {
