@@ -3,9 +3,9 @@ import type { Template } from 'aws-cdk-lib/assertions';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_C2D_SETTINGS } from '../../functions/core/c2d/config.ts';
 import { BuiltInEndpoint } from '../../lib/built-in-endpoint.ts';
-import { HubConfigError, type HubConfigInput, parseHubConfig } from '../../lib/config.ts';
+import { type HubConfigInput, parseHubConfig } from '../../lib/config.ts';
 import type { HubStack } from '../../lib/hub-stack.ts';
-import { logicalId, synthHub } from './hub-template.ts';
+import { configError, logicalId, synthHub } from './hub-template.ts';
 
 /** The built-in endpoint stream's properties in a template. */
 function builtInStream(template: Template, stack: HubStack): Record<string, unknown> {
@@ -88,17 +88,6 @@ describe('built-in endpoint stream', () => {
 });
 
 describe('hub configuration errors', () => {
-  /** The HubConfigError that parsing `raw` throws. */
-  function configError(raw: unknown): HubConfigError {
-    try {
-      parseHubConfig(raw);
-    } catch (error) {
-      if (error instanceof HubConfigError) return error;
-      throw error;
-    }
-    throw new Error(`configuration was accepted: ${JSON.stringify(raw)}`);
-  }
-
   it('fills defaults for an absent configuration', () => {
     expect(parseHubConfig(undefined)).toEqual({
       hubName: 'serverless-iot-hub',

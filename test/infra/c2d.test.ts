@@ -14,13 +14,14 @@ import {
   SETTLE_RULE_SQL,
   SUBSCRIBED_EVENTS_SQL,
 } from '../../functions/core/c2d/topics.ts';
-import { HubConfigError, parseHubConfig } from '../../lib/config.ts';
+import { parseHubConfig } from '../../lib/config.ts';
 import type { HubFunction } from '../../lib/hub-function.ts';
 import type { HubStack } from '../../lib/hub-stack.ts';
 import type { HubTopicRule } from '../../lib/topic-rule.ts';
 import { type CfnTemplate, readTemplate } from '../../local/template.ts';
 import {
   arnOf,
+  configError,
   type FlatStatement,
   iamStatements,
   logicalId,
@@ -365,17 +366,6 @@ describe('C2D least privilege', () => {
 });
 
 describe('C2D configuration (hub.c2d)', () => {
-  /** The HubConfigError that parsing `raw` throws. */
-  function configError(raw: unknown): HubConfigError {
-    try {
-      parseHubConfig(raw);
-    } catch (error) {
-      if (error instanceof HubConfigError) return error;
-      throw error;
-    }
-    throw new Error(`configuration was accepted: ${JSON.stringify(raw)}`);
-  }
-
   it('defaults to the C2D defaults', () => {
     expect(parseHubConfig({}).c2d).toEqual(DEFAULT_C2D_SETTINGS);
     expect(DEFAULT_C2D_SETTINGS).toEqual({

@@ -1,9 +1,13 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { App, type CfnElement, Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
 import type { IConstruct } from 'constructs';
+import { vi } from 'vitest';
 import { z } from 'zod';
 import { buildHub } from '../../lib/app.ts';
-import { type HubConfigInput, parseHubConfig } from '../../lib/config.ts';
+import { HubConfigError, type HubConfigInput, parseHubConfig } from '../../lib/config.ts';
 import type { HubStack } from '../../lib/hub-stack.ts';
 
 /** Context that skips NodejsFunction bundling (esbuild) so a synth takes a second or two, not ten. */
@@ -21,6 +25,84 @@ export function synthHub(config: HubConfigInput = {}, outdir?: string): SynthedH
   const app = new App({ context: { ...NO_BUNDLING }, ...(outdir === undefined ? {} : { outdir }) });
   const stack = buildHub(app, parseHubConfig(config));
   return { app, stack, template: Template.fromStack(stack) };
+}
+
+/** The {@link HubConfigError} that parsing `raw` throws; fails the test when `raw` is accepted. */
+export function configError(raw: unknown): HubConfigError {
+  try {
+    parseHubConfig(raw);
+  } catch (error) {
+    if (error instanceof HubConfigError) return error;
+    throw error;
+  }
+  throw new Error(`configuration was accepted: ${JSON.stringify(raw)}`);
+}
+
+// cdk-nag 3 runs as a CDK validation plugin (`Validations.of(app).addPlugins(...)`): `app.synth()`
+// prints each unacknowledged finding, writes `validation-report.json` into the cloud assembly and
+// throws `Validation failed` when any plugin reports a failure.
+const ReportSchema = z.object({
+  pluginReports: z.array(
+    z.object({
+      pluginName: z.string(),
+      conclusion: z.enum(['success', 'failure']),
+      violations: z.array(
+        z.object({
+          ruleName: z.string(),
+          severity: z.string(),
+          violatingConstructs: z.array(z.object({ constructPath: z.string() })),
+        }),
+      ),
+    }),
+  ),
+});
+/** The validation report cdk-nag writes. */
+export type NagReport = z.infer<typeof ReportSchema>;
+
+/** What {@link synthWithNag} saw: the synth's error (if any), the report and its error findings. */
+export interface NagResult {
+  readonly error: unknown;
+  readonly report: NagReport;
+  /** `{rule} at {construct path}` for every error-severity finding. */
+  readonly findings: readonly string[];
+}
+
+/**
+ * Builds the hub as `bin/app.ts` does (without bundling) from `config`, lets `extend` add to it, and
+ * synthesizes with the cdk-nag plugins, quietly; the cloud assembly is removed afterwards.
+ */
+export function synthWithNag(
+  config: HubConfigInput = {},
+  extend: (stack: HubStack) => void = () => {},
+): NagResult {
+  const outdir = mkdtempSync(join(tmpdir(), 'hub-nag-'));
+  try {
+    const app = new App({ outdir, context: { ...NO_BUNDLING } });
+    extend(buildHub(app, parseHubConfig(config)));
+    // The plugin prints its findings; keep the test output readable.
+    const quiet = [vi.spyOn(console, 'error'), vi.spyOn(console, 'log'), vi.spyOn(console, 'warn')].map(
+      (spy) => spy.mockImplementation(() => {}),
+    );
+    let error: unknown;
+    try {
+      app.synth();
+    } catch (caught) {
+      error = caught;
+    } finally {
+      for (const spy of quiet) spy.mockRestore();
+    }
+    const report = ReportSchema.parse(
+      JSON.parse(readFileSync(join(outdir, 'validation-report.json'), 'utf8')),
+    );
+    const findings = report.pluginReports.flatMap((p) =>
+      p.violations
+        .filter((v) => v.severity === 'error')
+        .flatMap((v) => v.violatingConstructs.map((c) => `${v.ruleName} at ${c.constructPath}`)),
+    );
+    return { error, report, findings };
+  } finally {
+    rmSync(outdir, { recursive: true, force: true });
+  }
 }
 
 /** The logical id of a construct's CloudFormation resource (its default child, or itself). */

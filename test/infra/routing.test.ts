@@ -1,9 +1,5 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { App } from 'aws-cdk-lib';
 import type { Template } from 'aws-cdk-lib/assertions';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import {
   ENDPOINT_STREAMS_ENV,
@@ -11,12 +7,18 @@ import {
   ROUTING_ENV,
   routingFromEnv,
 } from '../../functions/core/routing/config.ts';
-import { buildHub } from '../../lib/app.ts';
-import { HubConfigError, type HubConfigInput, parseHubConfig } from '../../lib/config.ts';
+import { type HubConfigInput, parseHubConfig } from '../../lib/config.ts';
 import { LAMBDA_ENVIRONMENT_BYTES, routingEnvironment } from '../../lib/d2c-pipeline.ts';
 import { routedEndpointNames } from '../../lib/endpoints.ts';
 import type { HubStack } from '../../lib/hub-stack.ts';
-import { iamStatements, logicalId, NO_BUNDLING, referencedIds, synthHub } from './hub-template.ts';
+import {
+  configError as configErrorOf,
+  iamStatements,
+  logicalId,
+  referencedIds,
+  synthHub,
+  synthWithNag,
+} from './hub-template.ts';
 
 /**
  * Three custom endpoints: `hot-path` (a route sends to it, 3 days), `cold_store` (only a disabled
@@ -233,49 +235,8 @@ describe('router grants', () => {
 });
 
 describe('cdk-nag with routes configured', () => {
-  const outdirs: string[] = [];
-  afterAll(() => {
-    for (const dir of outdirs) rmSync(dir, { recursive: true, force: true });
-  });
-
   it('synthesizes with no unacknowledged AwsSolutions or Serverless finding', () => {
-    const outdir = mkdtempSync(join(tmpdir(), 'hub-routing-nag-'));
-    outdirs.push(outdir);
-    const app = new App({ outdir, context: { ...NO_BUNDLING } });
-    buildHub(app, parseHubConfig(ROUTED));
-    const quiet = [vi.spyOn(console, 'error'), vi.spyOn(console, 'log'), vi.spyOn(console, 'warn')].map((s) =>
-      s.mockImplementation(() => {}),
-    );
-    let error: unknown;
-    try {
-      app.synth();
-    } catch (caught) {
-      error = caught;
-    } finally {
-      for (const spy of quiet) spy.mockRestore();
-    }
-    const report = z
-      .object({
-        pluginReports: z.array(
-          z.object({
-            pluginName: z.string(),
-            conclusion: z.string(),
-            violations: z.array(
-              z.object({
-                ruleName: z.string(),
-                severity: z.string(),
-                violatingConstructs: z.array(z.object({ constructPath: z.string() })),
-              }),
-            ),
-          }),
-        ),
-      })
-      .parse(JSON.parse(readFileSync(join(outdir, 'validation-report.json'), 'utf8')));
-    const findings = report.pluginReports.flatMap((p) =>
-      p.violations
-        .filter((v) => v.severity === 'error')
-        .flatMap((v) => v.violatingConstructs.map((c) => `${v.ruleName} at ${c.constructPath}`)),
-    );
+    const { error, report, findings } = synthWithNag(ROUTED);
     expect(error).toBeUndefined();
     expect(findings).toEqual([]);
     // A clean synth reports no plugin at all (nag.test.ts shows a finding does fail it).
@@ -284,15 +245,7 @@ describe('cdk-nag with routes configured', () => {
 });
 
 describe('hub.routing configuration errors', () => {
-  function configError(raw: unknown): string {
-    try {
-      parseHubConfig(raw);
-    } catch (error) {
-      if (error instanceof HubConfigError) return error.message;
-      throw error;
-    }
-    throw new Error(`configuration was accepted: ${JSON.stringify(raw)}`);
-  }
+  const configError = (raw: unknown): string => configErrorOf(raw).message;
 
   const route = (name: string, endpointNames: string[], condition?: string) => ({
     name,
