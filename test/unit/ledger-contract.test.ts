@@ -116,11 +116,7 @@ describe.each(harnesses)('DeliveryLedger contract: %s', (name, harness) => {
 
   async function deliver(deviceId: string, now = T0, count = 1): Promise<C2dMessage[]> {
     const next = await ledger.nextDeliverable(deviceId, { now, maxInFlight: 10, limit: count });
-    return Promise.all(
-      next.map((m) =>
-        ledger.markDelivered(deviceId, m.messageId, { now, lockTimeoutMs: LOCK, expectedVersion: m.version }),
-      ),
-    );
+    return Promise.all(next.map((m) => ledger.markDelivered(m, { now, lockTimeoutMs: LOCK })));
   }
 
   async function deliverOne(deviceId: string, now = T0): Promise<C2dMessage> {
@@ -270,15 +266,23 @@ describe.each(harnesses)('DeliveryLedger contract: %s', (name, harness) => {
     expect(await ledger.get('owner-b', sent.messageId)).toBeUndefined();
   });
 
+  it('will not lock a message from a stale read: purged in between, nothing changes', async () => {
+    await ledger.enqueue('stale-read', message('stale-read'), { maxQueueDepth: 50 });
+    const [m] = await ledger.nextDeliverable('stale-read', { now: T0, maxInFlight: 1, limit: 1 });
+    if (m === undefined) throw new Error('nothing to deliver');
+    await ledger.purge('stale-read', T0 + 1);
+    const purged = await ledger.get('stale-read', m.messageId);
+    await rejectsWith(ledger.markDelivered(m, { now: T0 + 2, lockTimeoutMs: LOCK }), ConcurrentUpdateError);
+    expect(await ledger.get('stale-read', m.messageId)).toEqual(purged);
+    expect(purged?.state).toBe('Purged');
+  });
+
   it('only one of two deliverers gets the lock', async () => {
     await ledger.enqueue('two-deliverers', message('two-deliverers'), { maxQueueDepth: 50 });
     const [m] = await ledger.nextDeliverable('two-deliverers', { now: T0, maxInFlight: 1, limit: 1 });
     if (m === undefined) throw new Error('nothing to deliver');
-    const opts = { now: T0, lockTimeoutMs: LOCK, expectedVersion: m.version };
-    const results = await Promise.allSettled([
-      ledger.markDelivered('two-deliverers', m.messageId, opts),
-      ledger.markDelivered('two-deliverers', m.messageId, opts),
-    ]);
+    const opts = { now: T0, lockTimeoutMs: LOCK };
+    const results = await Promise.allSettled([ledger.markDelivered(m, opts), ledger.markDelivered(m, opts)]);
     expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
     const failed = results.find((r) => r.status === 'rejected');
     expect(failed?.status === 'rejected' && failed.reason).toBeInstanceOf(ConcurrentUpdateError);
@@ -450,11 +454,8 @@ describe.each(harnesses)('DeliveryLedger contract: %s', (name, harness) => {
       const crashy = new LedgerEngine(crashing, OPTIONS);
       const sent = await crashy.enqueue(deviceId, message(deviceId), { maxQueueDepth: 50 });
       const [m] = await crashy.nextDeliverable(deviceId, { now: T0, maxInFlight: 1, limit: 1 });
-      const locked = await crashy.markDelivered(deviceId, m?.messageId ?? '', {
-        now: T0,
-        lockTimeoutMs: LOCK,
-        expectedVersion: 1,
-      });
+      if (m === undefined) throw new Error('nothing deliverable');
+      const locked = await crashy.markDelivered(m, { now: T0, lockTimeoutMs: LOCK });
       const result = await crashy.settle(deviceId, locked.lockToken ?? '', 'complete', T0 + 1);
       expect(result.message.state).toBe('Completed');
       expect(result.feedback).toBeUndefined();

@@ -143,11 +143,7 @@ export class C2dDelivery {
       for (const message of next) {
         let locked: C2dMessage;
         try {
-          locked = await ledger.markDelivered(deviceId, message.messageId, {
-            now,
-            lockTimeoutMs: settings.lockTimeoutMs,
-            expectedVersion: message.version,
-          });
+          locked = await ledger.markDelivered(message, { now, lockTimeoutMs: settings.lockTimeoutMs });
         } catch (error) {
           if (error instanceof ConflictError || error instanceof NotFoundError) {
             raced = true; // another deliverer, a purge or a settlement got there first: read again

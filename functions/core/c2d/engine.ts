@@ -157,20 +157,10 @@ export class LedgerEngine implements DeliveryLedger {
   }
 
   async markDelivered(
-    deviceId: string,
-    messageId: string,
-    opts: { now: number; lockTimeoutMs: number; expectedVersion: number },
+    message: C2dMessage,
+    opts: { now: number; lockTimeoutMs: number },
   ): Promise<C2dMessage> {
-    const message = await this.get(deviceId, messageId);
-    if (message === undefined) throw new MessageNotFoundError('message not found', { deviceId, messageId });
-    if (message.version !== opts.expectedVersion) {
-      throw new ConcurrentUpdateError('message changed since it was read', {
-        deviceId,
-        messageId,
-        expectedVersion: opts.expectedVersion,
-        version: message.version,
-      });
-    }
+    const { deviceId, messageId } = message;
     const event: C2dEvent = {
       type: 'deliver',
       now: opts.now,
@@ -180,10 +170,10 @@ export class LedgerEngine implements DeliveryLedger {
     const result = transition(message, event);
     if (!result.ok) throw result.error;
     if (!(await this.#store.updateMessage(message.version, result.next, this.#slot(result.next)))) {
-      throw new ConcurrentUpdateError('another actor locked or changed the message first', {
+      throw new ConcurrentUpdateError('the message changed or went away since it was read', {
         deviceId,
         messageId,
-        expectedVersion: opts.expectedVersion,
+        expectedVersion: message.version,
       });
     }
     return result.next;

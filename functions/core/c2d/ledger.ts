@@ -15,7 +15,7 @@ import type { SettleOutcome } from './state.ts';
  * @example
  * await ledger.enqueue(deviceId, createMessage(deviceId, request, { now, config }), { maxQueueDepth: 50 });
  * for (const m of await ledger.nextDeliverable(deviceId, { now, maxInFlight: 5, limit: 5 })) {
- *   const locked = await ledger.markDelivered(deviceId, m.messageId, { now, lockTimeoutMs: 60_000, expectedVersion: m.version });
+ *   const locked = await ledger.markDelivered(m, { now, lockTimeoutMs: 60_000 });
  *   await publisher.publish(deviceId, locked); // carries locked.lockToken
  * }
  */
@@ -37,15 +37,12 @@ export interface DeliveryLedger {
     opts: { now: number; maxInFlight: number; limit: number },
   ): Promise<C2dMessage[]>;
   /**
-   * Locks an `Enqueued` message for delivery: `Invisible`, `deliveryCount + 1`, a new lock token,
-   * `lockedUntil = now + lockTimeoutMs`. Conditional on `expectedVersion`: of two deliverers only
-   * one gets the lock, the other a `ConcurrentUpdateError`.
+   * Locks an `Enqueued` message, as `nextDeliverable` returned it, for delivery: `Invisible`,
+   * `deliveryCount + 1`, a new lock token, `lockedUntil = now + lockTimeoutMs`. One conditional write
+   * on the version read, no re-read: of two deliverers only one gets the lock, the other (and anyone
+   * whose message changed or vanished since the read) a `ConcurrentUpdateError`.
    */
-  markDelivered(
-    deviceId: string,
-    messageId: string,
-    opts: { now: number; lockTimeoutMs: number; expectedVersion: number },
-  ): Promise<C2dMessage>;
+  markDelivered(message: C2dMessage, opts: { now: number; lockTimeoutMs: number }): Promise<C2dMessage>;
   /**
    * Completes, rejects or abandons the message the lock token holds, in `deviceId`'s queue only.
    * `MessageNotFoundError` when the token names no message of this device, `StaleLockTokenError`

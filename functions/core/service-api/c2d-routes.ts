@@ -114,9 +114,14 @@ export function c2dRoutes(deps: C2dRouteDeps): RouteEntry[] {
         const message = createMessage(deviceId, sendRequest, { now: now(), config: deps.settings });
         assertDeliverable(message);
         await deps.ledger.enqueue(deviceId, message, { maxQueueDepth: deps.settings.maxQueueDepth });
+        // The stored message is the one just written, unless the delivery below locked it.
+        let stored = message;
         if (device.connectionState === 'Connected') {
           try {
-            await deps.delivery.deliver(deviceId);
+            const report = await deps.delivery.deliver(deviceId);
+            if (report.delivered.includes(message.messageId) || report.failed.includes(message.messageId)) {
+              stored = (await deps.ledger.get(deviceId, message.messageId)) ?? message;
+            }
           } catch (error) {
             // Accepted is accepted: the device's next connect or subscribe delivers it.
             deps.log.warn('delivery right after send failed', {
@@ -126,7 +131,6 @@ export function c2dRoutes(deps: C2dRouteDeps): RouteEntry[] {
             });
           }
         }
-        const stored = (await deps.ledger.get(deviceId, message.messageId)) ?? message;
         return jsonResponse(201, toMessageStatus(stored), {
           location: `/devices/${encodeURIComponent(deviceId)}/messages/deviceBound/${encodeURIComponent(message.messageId)}`,
         });
