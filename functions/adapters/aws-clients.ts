@@ -1,6 +1,10 @@
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { IoTDataPlaneClient } from '@aws-sdk/client-iot-data-plane';
 import { KinesisClient } from '@aws-sdk/client-kinesis';
+import { S3Client } from '@aws-sdk/client-s3';
+import { SNSClient } from '@aws-sdk/client-sns';
+import { SQSClient } from '@aws-sdk/client-sqs';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 
@@ -11,6 +15,10 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 let kinesis: KinesisClient | undefined;
 let dynamo: DynamoDBDocumentClient | undefined;
 let iotData: IoTDataPlaneClient | undefined;
+let eventBridge: EventBridgeClient | undefined;
+let sqs: SQSClient | undefined;
+let sns: SNSClient | undefined;
+let s3: S3Client | undefined;
 
 /**
  * The Kinesis client. HTTP/1.1 on purpose: the SDK's HTTP/2 default is needed only for
@@ -33,4 +41,37 @@ export function dynamoDocumentClient(): DynamoDBDocumentClient {
 export function iotDataClient(): IoTDataPlaneClient {
   iotData ??= new IoTDataPlaneClient({});
   return iotData;
+}
+
+/** The EventBridge client (custom endpoints of type `eventbridge`). */
+export function eventBridgeClient(): EventBridgeClient {
+  eventBridge ??= new EventBridgeClient({});
+  return eventBridge;
+}
+
+/** The SQS client (custom endpoints of type `sqs`). */
+export function sqsClient(): SQSClient {
+  sqs ??= new SQSClient({});
+  return sqs;
+}
+
+/** The SNS client (custom endpoints of type `sns`). */
+export function snsClient(): SNSClient {
+  sns ??= new SNSClient({});
+  return sns;
+}
+
+/**
+ * The S3 client (custom endpoints of type `s3`). Path-style addressing when an endpoint URL is set
+ * (`AWS_ENDPOINT_URL_S3`, or the all-services `AWS_ENDPOINT_URL`): a local emulator serves every
+ * bucket on one host; virtual-hosted style, AWS's default, otherwise.
+ */
+export function s3Client(): S3Client {
+  s3 ??= new S3Client({ forcePathStyle: s3PathStyle(process.env) });
+  return s3;
+}
+
+/** Whether S3 requests must be path-style: true when the environment points S3 at a custom endpoint. */
+export function s3PathStyle(env: NodeJS.ProcessEnv): boolean {
+  return Boolean(env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL);
 }

@@ -2,15 +2,45 @@
 
 /** A record to write to a stream, keyed so one device's records share a shard. */
 export interface StreamEntry {
+  /** The device id: Kinesis partition key, SQS/SNS FIFO message group. */
   readonly partitionKey: string;
   readonly data: Uint8Array;
+  /** The hub's unique id of this message (its ingest id), kept by every retry: FIFO deduplication id. */
+  readonly id?: string;
+  /** `iothub-message-source`: `Telemetry`, `deviceLifecycleEvents`, `deviceConnectionStateEvents`. */
+  readonly messageSource?: string;
 }
 
+/** How much one call of a {@link StreamSink} takes. */
+export interface SinkLimits {
+  /** Entries per call. */
+  readonly maxEntries: number;
+  /** Bytes of entry data per call. */
+  readonly maxBytes: number;
+  /** The largest entry the endpoint accepts at all; a larger one is dead-lettered, never retried. */
+  readonly maxEntryBytes: number;
+  /**
+   * Each call is written whole or not at all (one S3 object), so a call may carry several entries of
+   * one device, in order. Otherwise a call carries at most one entry per device, and the next waits
+   * for it: that is what keeps per-device order over partial failures.
+   */
+  readonly atomic?: boolean;
+}
+
+/** Kinesis PutRecords: 500 records and 5 MiB per call, 1 MiB per record. */
+export const KINESIS_LIMITS: SinkLimits = {
+  maxEntries: 500,
+  maxBytes: 5 * 1024 * 1024,
+  maxEntryBytes: 1024 * 1024,
+};
+
 /**
- * A stream that takes batches (Kinesis PutRecords). The result says, per entry and in order,
- * whether it was written. A rejected whole call throws.
+ * An endpoint that takes batches (Kinesis PutRecords, SQS SendMessageBatch, ...). The result says,
+ * per entry and in order, whether it was written. A rejected whole call throws.
  */
 export interface StreamSink {
+  /** @default {@link KINESIS_LIMITS} */
+  readonly limits?: SinkLimits;
   put(entries: readonly StreamEntry[]): Promise<readonly boolean[]>;
 }
 
