@@ -1,11 +1,15 @@
+import { existsSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
 import type { KinesisStreamBatchResponse, KinesisStreamEvent } from 'aws-lambda';
 import { dynamoDocumentClient, kinesisClient } from './adapters/aws-clients.ts';
 import { DynamoDeadLetterStore } from './adapters/dead-letter-dynamodb.ts';
+import { endpointSink } from './adapters/endpoint-sinks.ts';
 import { KinesisStreamSink } from './adapters/kinesis-sink.ts';
 import { powertoolsLog } from './adapters/log.ts';
 import { type RouterDeps, routeBatch } from './core/d2c/router.ts';
 import { requireEnv, requireIntEnv } from './core/env.ts';
-import { endpointStreamsFromEnv, routingFromEnv } from './core/routing/config.ts';
+import { HubError } from './core/errors.ts';
+import { endpointTargetsFromEnv, parseRouterRouting, ROUTING_FILE } from './core/routing/config.ts';
 import { compileRouting } from './core/routing/table.ts';
 
 /**
@@ -28,18 +32,30 @@ export function makeHandler(deps: RouterDeps) {
   };
 }
 
+/** Reads {@link ROUTING_FILE} from the function's code directory, where the stack bundles it. */
+export function readRoutingFile(env: NodeJS.ProcessEnv) {
+  const file = path.join(env.LAMBDA_TASK_ROOT ?? process.cwd(), ROUTING_FILE);
+  if (!existsSync(file)) {
+    throw new HubError('InvalidConfiguration', `${file} is missing; the stack bundles it with the router`, {
+      file,
+    });
+  }
+  return parseRouterRouting(readFileSync(file, 'utf8'));
+}
+
 function defaultDeps(env: NodeJS.ProcessEnv): RouterDeps {
-  const { hubName, routing } = routingFromEnv(env);
+  const { hubName, routing } = readRoutingFile(env);
   const endpoints = Object.fromEntries(
-    Object.entries(endpointStreamsFromEnv(env)).map(([name, stream]) => [
+    Object.entries(endpointTargetsFromEnv(env)).map(([name, target]) => [
       name,
-      new KinesisStreamSink(kinesisClient(), stream),
+      endpointSink(name, target, { hubName, config: routing.endpoints.find((e) => e.name === name) }),
     ]),
   );
   return {
     builtIn: new KinesisStreamSink(kinesisClient(), requireEnv(env, 'BUILTIN_STREAM_NAME')),
     endpoints,
     routing: compileRouting(routing, hubName),
+    hubName,
     deadLetters: new DynamoDeadLetterStore(dynamoDocumentClient(), requireEnv(env, 'DEADLETTER_TABLE_NAME')),
     log: powertoolsLog('router'),
     limits: { maxMessageBytes: requireIntEnv(env, 'MAX_MESSAGE_BYTES') },

@@ -53,16 +53,25 @@ export const HubConfigSchema = z
     /** MQTT topic filter of the ingest rule. Change it only with the device topic scheme. */
     d2cTopicFilter: z.string().min(1).default('devices/+/messages/events/#'),
     /**
+     * AWS IoT Basic Ingest for D2C telemetry: devices may also publish to
+     * `$aws/rules/{ingest rule}/devices/{id}/messages/events/...` (stack output `BasicIngestTopicPrefix`),
+     * which skips the message broker and its per-message charge; such messages reach no MQTT subscriber.
+     * Off: devices have no permission on `$aws/rules/...` at all.
+     */
+    basicIngest: z.boolean().default(false),
+    /**
      * Cloud-to-device messaging: default time to live, delivery attempts, lock timeout, queue depth,
      * unsettled messages per device and the sweep interval (times in milliseconds). Passed to the
      * C2D functions as JSON in `C2D_SETTINGS`.
      */
     c2d: c2dSettingsSchema.default(() => ({ ...DEFAULT_C2D_SETTINGS })),
     /**
-     * Message routing, IoT Hub's model: custom endpoints (Kinesis streams the stack creates), routes
-     * (a condition compiled here, at synth time, and one endpoint each), the fallback route and
-     * enrichments. Passed to the router as JSON in `ROUTING`. Absent: no routes, fallback on, so
-     * every message goes to the built-in endpoint.
+     * Message routing, IoT Hub's model: custom endpoints (Kinesis streams, SQS queues, SNS topics, S3
+     * buckets or EventBridge buses the stack creates), routes (a condition compiled here, at synth
+     * time, and one endpoint each), the fallback route and enrichments. Bundled with the router as
+     * `routing.json` (with the hub name); the routed endpoints' deploy-time targets go in its
+     * `ENDPOINTS` environment variable. Absent: no routes, fallback on, so every message goes to the
+     * built-in endpoint.
      */
     routing: routingConfigSchema.default(() => structuredClone(DEFAULT_ROUTING)),
   })

@@ -1,6 +1,8 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { platform, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Arn, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
+import { Arn, AssetStaging, Duration, RemovalPolicy, Stack, Token, Validations } from 'aws-cdk-lib';
 import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as kinesis from 'aws-cdk-lib/aws-kinesis';
@@ -17,6 +19,73 @@ export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.
  * The local hub reads it to run the same module the bundle was built from.
  */
 export const ENTRY_METADATA_KEY = 'serverless-iot-hub:entry';
+/**
+ * Template metadata key that records a function's {@link HubFunctionProps.files} (`{ name: content }`).
+ * The cloud bundle carries the files; the local hub, which skips bundling, writes them from here.
+ */
+export const FILES_METADATA_KEY = 'serverless-iot-hub:files';
+
+/** A bundled file's name: a plain name in the code directory, no path. */
+const FILE_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
+/** What the bundle itself writes into the code directory. */
+const BUNDLE_OUTPUTS = new Set(['index.mjs', 'index.mjs.map', 'package.json']);
+
+function validateFiles(entry: string, files: Record<string, string>): void {
+  for (const [name, content] of Object.entries(files)) {
+    if (!FILE_NAME.test(name) || BUNDLE_OUTPUTS.has(name)) {
+      throw new Error(
+        `hub function ${entry}: file name '${name}' must be a plain name (letters, digits, '.', '_', '-'; ` +
+          `no path) and not one the bundle writes (${[...BUNDLE_OUTPUTS].join(', ')})`,
+      );
+    }
+    if (typeof content !== 'string' || Token.isUnresolved(content)) {
+      throw new Error(`hub function ${entry}: file '${name}' must be plain content known at synth time`);
+    }
+  }
+}
+
+/** Temp dirs holding files to bundle, removed when the synth process exits. */
+const filesDirs = new Set<string>();
+function removeFilesDirs(): void {
+  for (const dir of filesDirs) rmSync(dir, { recursive: true, force: true });
+  filesDirs.clear();
+}
+
+/** A shell word for the local bundling shell (bash, or cmd on Windows). */
+function shellQuote(value: string): string {
+  return platform() === 'win32' ? `"${value}"` : `'${value.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * `afterBundling` hook that copies `files` into the bundle. The content (possibly 100+ KB) is written
+ * to a temp dir when local bundling runs, not put on a command line. Docker bundling (no local
+ * esbuild) cannot see that dir: its command fails saying so.
+ */
+function copyFilesHooks(files: Record<string, string>): nodejs.ICommandHooks {
+  let dir: string | undefined;
+  return {
+    beforeBundling: () => [],
+    beforeInstall: () => [],
+    afterBundling: (_inputDir, outputDir) => {
+      const names = Object.keys(files);
+      if (names.length === 0) return [];
+      if (outputDir === AssetStaging.BUNDLING_OUTPUT_DIR) {
+        return ["echo 'HubFunction files need local bundling: install esbuild (npm ci)' >&2", 'exit 1'];
+      }
+      if (dir === undefined) {
+        dir = mkdtempSync(path.join(tmpdir(), 'hub-function-files-'));
+        if (filesDirs.size === 0) process.once('exit', removeFilesDirs);
+        filesDirs.add(dir);
+        for (const name of names) writeFileSync(path.join(dir, name), files[name] ?? '');
+      }
+      const from = dir;
+      const copy = platform() === 'win32' ? 'copy /y' : 'cp';
+      return names.map(
+        (name) => `${copy} ${shellQuote(path.join(from, name))} ${shellQuote(path.join(outputDir, name))}`,
+      );
+    },
+  };
+}
 
 /** Props of {@link HubFunction}. */
 export interface HubFunctionProps {
@@ -30,6 +99,13 @@ export interface HubFunctionProps {
   readonly memorySize?: number;
   /** Plain configuration values (not resource names: use the bind methods for those). @default none */
   readonly environment?: Record<string, string>;
+  /**
+   * Files (name → content) bundled next to the handler, in its code directory (`LAMBDA_TASK_ROOT`):
+   * configuration too large for the environment. Also recorded in the template (metadata
+   * {@link FILES_METADATA_KEY}) for the local hub. Plain names only; content known at synth time.
+   * @default none
+   */
+  readonly files?: Record<string, string>;
 }
 
 /**
@@ -46,6 +122,8 @@ export class HubFunction extends Construct {
     if (!/^functions\/[\w/-]+\.ts$/.test(props.entry)) {
       throw new Error(`hub function entry must be a .ts file under functions/, got '${props.entry}'`);
     }
+    const files = { ...props.files };
+    validateFiles(props.entry, files);
     const logGroup = new logs.LogGroup(this, 'Logs', {
       retention: logs.RetentionDays.ONE_MONTH,
       removalPolicy: RemovalPolicy.DESTROY,
@@ -77,11 +155,14 @@ export class HubFunction extends Construct {
         // Bundle the SDK too: the code runs against the SDK version it was tested with.
         bundleAwsSDK: true,
         banner: "import { createRequire } from 'module'; const require = createRequire(import.meta.url);",
+        commandHooks: copyFilesHooks(files),
       },
       projectRoot: PROJECT_ROOT,
       depsLockFilePath: path.join(PROJECT_ROOT, 'package-lock.json'),
     });
-    (this.function.node.defaultChild as lambda.CfnFunction).addMetadata(ENTRY_METADATA_KEY, props.entry);
+    const cfnFunction = this.function.node.defaultChild as lambda.CfnFunction;
+    cfnFunction.addMetadata(ENTRY_METADATA_KEY, props.entry);
+    if (Object.keys(files).length > 0) cfnFunction.addMetadata(FILES_METADATA_KEY, files);
     Validations.of(role).acknowledge({
       id: 'AwsSolutions-IAM5[Resource::*]',
       reason:

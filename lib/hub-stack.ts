@@ -1,11 +1,13 @@
 import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import type { Construct } from 'constructs';
+import { BASIC_INGEST_RULE_ENV } from '../functions/core/identity/topics.ts';
 import { BuiltInEndpoint } from './built-in-endpoint.ts';
 import { C2dMessaging } from './c2d.ts';
 import type { HubConfig } from './config.ts';
 import { D2CPipeline } from './d2c-pipeline.ts';
 import { CustomEndpoints } from './endpoints.ts';
+import { EventSources } from './event-sources.ts';
 import { Identity } from './identity.ts';
 import { HubTable } from './tables.ts';
 
@@ -23,6 +25,7 @@ export class HubStack extends Stack {
   readonly ledger: HubTable;
   readonly deadLetters: HubTable;
   readonly d2c: D2CPipeline;
+  readonly eventSources: EventSources;
   readonly identity: Identity;
   readonly c2d: C2dMessaging;
 
@@ -30,7 +33,7 @@ export class HubStack extends Stack {
     super(scope, id, props);
     const { config } = props;
     this.builtInEndpoint = new BuiltInEndpoint(this, 'BuiltInEndpoint', { config: config.builtInEndpoint });
-    // Stateful: each stream's construct id is its endpoint's name (renaming an endpoint replaces its stream).
+    // Stateful: each endpoint's construct id is its name (renaming an endpoint replaces its resources).
     this.customEndpoints = new CustomEndpoints(this, 'CustomEndpoints', {
       endpoints: config.routing.endpoints,
     });
@@ -46,7 +49,12 @@ export class HubStack extends Stack {
     this.d2c = new D2CPipeline(this, 'D2C', {
       config,
       builtInEndpoint: this.builtInEndpoint.stream,
-      customEndpoints: this.customEndpoints.streams,
+      customEndpoints: this.customEndpoints.endpoints,
+      deadLetters: this.deadLetters.table,
+    });
+    // Connection state and lifecycle events onto the ingest stream (route sources besides telemetry).
+    this.eventSources = new EventSources(this, 'EventSources', {
+      ingestStream: this.d2c.ingestStream,
       deadLetters: this.deadLetters.table,
     });
 
@@ -54,7 +62,12 @@ export class HubStack extends Stack {
       config,
       registry: this.registry.table,
       deadLetters: this.deadLetters.table,
+      ingestStream: this.d2c.ingestStream,
     });
+    if (config.basicIngest) {
+      // Basic Ingest: the authorizer's policies name the ingest rule (its name is generated at deploy).
+      this.identity.authorizerFunction.function.addEnvironment(BASIC_INGEST_RULE_ENV, this.d2c.rule.rule.ref);
+    }
 
     this.c2d = new C2dMessaging(this, 'C2D', {
       config,
@@ -66,14 +79,11 @@ export class HubStack extends Stack {
 
     new CfnOutput(this, 'RegistryTableName', { value: this.registry.table.tableName });
     new CfnOutput(this, 'BuiltInEndpointStreamName', { value: this.builtInEndpoint.stream.streamName });
-    // Every custom endpoint's stream, routed or not, as JSON `{ "<endpoint name>": "<stream name>" }`.
-    new CfnOutput(this, 'CustomEndpointStreams', {
-      value: this.toJsonString(
-        Object.fromEntries(
-          [...this.customEndpoints.streams].map(([name, stream]) => [name, stream.streamName]),
-        ),
-      ),
-    });
+    // Every custom endpoint, routed or not, as JSON `{ "<name>": { "type", "target", "arn" } }`. The
+    // construct id `CustomEndpoints` is taken by the endpoints themselves; the output keeps the name.
+    new CfnOutput(this, 'CustomEndpointsOutput', {
+      value: this.customEndpoints.describe(),
+    }).overrideLogicalId('CustomEndpoints');
     new CfnOutput(this, 'DeadLetterTableName', { value: this.deadLetters.table.tableName });
     new CfnOutput(this, 'LedgerTableName', { value: this.ledger.table.tableName });
     new CfnOutput(this, 'FeedbackStreamName', { value: this.c2d.feedbackStream.streamName });

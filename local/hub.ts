@@ -4,6 +4,7 @@ import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { DynamoDbDeviceRegistry } from '../functions/adapters/registry-dynamodb.ts';
 import { authenticateDevice, connectionRefusal } from '../functions/core/identity/authenticate.ts';
 import type { DeviceRegistry } from '../functions/core/identity/registry.ts';
+import { BASIC_INGEST_RULE_ENV } from '../functions/core/identity/topics.ts';
 import { PROJECT_ROOT } from '../lib/hub-function.ts';
 import { type Authenticator, ConnectionRefusedError, type RunningBroker, startBroker } from './broker.ts';
 import { CheckpointStore } from './checkpoints.ts';
@@ -18,12 +19,21 @@ import {
   startDynamo,
   startKinesis,
 } from './emulators.ts';
+import { startEndpointServices } from './endpoint-services.ts';
+import { startEventBridge } from './eventbridge.ts';
 import { startFunctionUrl } from './function-url.ts';
+import { startHttpsPublish } from './https-publish.ts';
 import { KinesisMapping } from './kinesis-mapping.ts';
 import { LambdaRunner } from './lambda-runner.ts';
 import { RulesEngine } from './rules-engine.ts';
 import { refuseServiceCaller, serviceCredentials } from './service-credentials.ts';
-import { type CfnTemplate, type LocalModel, type LocalSchedule, readTemplate } from './template.ts';
+import {
+  type CfnTemplate,
+  type LocalModel,
+  type LocalSchedule,
+  readTemplate,
+  substituteQueueUrls,
+} from './template.ts';
 import { serverCertificate } from './tls.ts';
 
 /** Ports of the local hub; 0 picks a free one. */
@@ -35,6 +45,12 @@ export interface LocalHubPorts {
   readonly kinesis: number;
   readonly dataPlane: number;
   readonly serviceApi: number;
+  /** SQS, SNS and S3 (fauxqs), behind the custom endpoints. */
+  readonly awsServices: number;
+  /** EventBridge (the hub's stand-in), behind `eventbridge` custom endpoints. */
+  readonly eventBridge: number;
+  /** D2C over HTTP (`POST /topics/{topic}`), the stand-in for IoT Core's HTTPS publish. */
+  readonly httpPublish: number;
 }
 
 /** The ports a new user gets, as IoT tooling expects them. */
@@ -46,6 +62,9 @@ export const DEFAULT_PORTS: LocalHubPorts = {
   kinesis: 4567,
   dataPlane: 8090,
   serviceApi: 8088,
+  awsServices: 4566,
+  eventBridge: 4580,
+  httpPublish: 8087,
 };
 
 /** Options of {@link startLocalHub}. */
@@ -62,6 +81,12 @@ export interface LocalHubOptions {
   readonly maxMessageBytes: number;
   /** Host name in SAS tokens and connection strings (the hub config's `hostName`). */
   readonly hostName: string;
+  /**
+   * An SQS/SNS/S3 emulator that is already running (e.g. `npx fauxqs`), used instead of the one the
+   * hub starts in its own process, so that what the custom endpoints hold outlives the hub.
+   * @default the hub's own fauxqs, whose contents live in memory
+   */
+  readonly awsServicesUrl?: string;
   /** @default console.log with a timestamp */
   readonly log?: (line: string) => void;
 }
@@ -87,9 +112,27 @@ export interface LocalHubEndpoints {
   readonly feedbackStream: string;
   /** The C2D delivery ledger table (`''` when the stack has none). */
   readonly ledgerTable: string;
-  /** Custom routing endpoints' Kinesis streams by endpoint name (stack output `CustomEndpointStreams`). */
-  readonly customEndpointStreams: Readonly<Record<string, string>>;
+  /** SQS, SNS and S3 of the custom endpoints (one URL for the three). */
+  readonly awsServices: string;
+  /** EventBridge of the `eventbridge` custom endpoints. */
+  readonly eventBridge: string;
+  /** D2C over HTTP: `POST {httpPublish}/topics/{url-encoded topic}?qos=1` with the device's SAS token. */
+  readonly httpPublish: string;
+  /** Stack output `BasicIngestTopicPrefix` (`$aws/rules/{ingest rule}/`); `''` when Basic Ingest is off. */
+  readonly basicIngestTopicPrefix: string;
+  /**
+   * Custom routing endpoints by name (stack output `CustomEndpoints`): the type and where to read
+   * it: stream name, queue URL, topic ARN, bucket name or event bus name.
+   */
+  readonly customEndpoints: Readonly<Record<string, CustomEndpointInfo>>;
   readonly dataDir: string;
+}
+
+/** One custom endpoint, as the stack's `CustomEndpoints` output describes it. */
+export interface CustomEndpointInfo {
+  readonly type: string;
+  readonly target: string;
+  readonly arn: string;
 }
 
 /** A running local hub. */
@@ -111,7 +154,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
   const log = options.log ?? ((line: string) => console.log(`${new Date().toISOString()} ${line}`));
   const dataDir = path.resolve(options.dataDir);
   mkdirSync(dataDir, { recursive: true });
-  const model = readTemplate(options.template, 'hub');
+  const template = readTemplate(options.template, 'hub');
   const closers: (() => Promise<void>)[] = [];
   const close = async () => {
     for (const c of closers.reverse()) await c().catch((e: unknown) => log(`shutdown: ${String(e)}`));
@@ -128,8 +171,29 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       dynamoClient.destroy();
       kinesis.destroy();
     });
-    await ensureTables(dynamoClient, model.tables);
-    await ensureStreams(kinesis, model.streams);
+    await ensureTables(dynamoClient, template.tables);
+    await ensureStreams(kinesis, template.streams);
+
+    const services = await startEndpointServices({
+      host,
+      port: ports.awsServices,
+      ...(options.awsServicesUrl ? { externalUrl: options.awsServicesUrl } : {}),
+      queues: template.queues,
+      topics: template.topics,
+      buckets: template.buckets,
+    });
+    closers.push(() => services.close());
+    const eventBridge = await startEventBridge({
+      host,
+      port: ports.eventBridge,
+      dataDir,
+      region: LOCAL_REGION,
+      deliver: (targetArn, event) => services.sendToQueue(targetArn, event),
+      log,
+    });
+    closers.push(() => eventBridge.close());
+    for (const bus of template.eventBuses) eventBridge.createEventBus(bus.name);
+    const model = withQueueUrls(template, services.queueUrls);
 
     // The data plane must be listening before functions can be given its URL.
     let brokerRef: RunningBroker | undefined;
@@ -156,11 +220,16 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
         AWS_ENDPOINT_URL_DYNAMODB: dynamo.url,
         AWS_ENDPOINT_URL_KINESIS: kinesisServer.url,
         AWS_ENDPOINT_URL_IOT_DATA_PLANE: dataPlane.url,
+        AWS_ENDPOINT_URL_SQS: services.url,
+        AWS_ENDPOINT_URL_SNS: services.url,
+        AWS_ENDPOINT_URL_S3: services.url,
+        AWS_ENDPOINT_URL_EVENTBRIDGE: eventBridge.url,
         AWS_XRAY_CONTEXT_MISSING: 'IGNORE_ERROR',
         AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
         POWERTOOLS_LOG_LEVEL: process.env.HUB_FUNCTION_LOG_LEVEL ?? 'WARN',
       },
       log,
+      path.join(dataDir, 'functions'),
     );
     closers.push(() => runner.close());
 
@@ -220,6 +289,10 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     };
 
     const certificate = await serverCertificate(dataDir);
+    // Basic Ingest is on when the template gives the authorizer the ingest rule's name, as in the cloud.
+    const basicIngestRule = model.functions.find((f) => f.entry === 'functions/authorizer.ts')?.environment[
+      BASIC_INGEST_RULE_ENV
+    ];
     const broker = await startBroker({
       dataDir,
       host,
@@ -227,6 +300,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       certificate,
       maxMessageBytes: options.maxMessageBytes,
       authenticator,
+      basicIngestRule,
       log,
       onPresence: (event) => {
         const topic = `$aws/events/presence/${event.eventType}/${event.clientId}`;
@@ -248,6 +322,22 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     });
     brokerRef = broker;
     closers.push(() => broker.close());
+
+    // D2C over HTTP: the same authentication, topic policy and rules as an MQTT publish.
+    const httpPublish = await startHttpsPublish(host, ports.httpPublish, {
+      auth: { registry, hostName: options.hostName, now: () => new Date() },
+      maxMessageBytes: options.maxMessageBytes,
+      basicIngestRule,
+      log,
+      ingest: ({ topic, payload, identity, mqtt5 }) =>
+        rules
+          .ingest({ topic, payload, clientId: identity.deviceId, principal: identity.principal, mqtt5 })
+          .then(() => undefined),
+      forward: async ({ topic, payload, qos }) => {
+        if (!topic.startsWith('$aws/rules/')) await broker.publish(topic, payload, qos);
+      },
+    });
+    closers.push(() => httpPublish.close());
 
     const checkpoints = new CheckpointStore(dataDir);
     for (const mapping of model.kinesisMappings) {
@@ -292,9 +382,13 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       deadLetterTable: model.outputs.DeadLetterTableName ?? '',
       feedbackStream: model.outputs.FeedbackStreamName ?? '',
       ledgerTable: model.outputs.LedgerTableName ?? '',
-      customEndpointStreams: JSON.parse(model.outputs.CustomEndpointStreams ?? '{}') as Record<
+      awsServices: services.url,
+      eventBridge: eventBridge.url,
+      httpPublish: httpPublish.url,
+      basicIngestTopicPrefix: model.outputs.BasicIngestTopicPrefix ?? '',
+      customEndpoints: JSON.parse(model.outputs.CustomEndpoints ?? '{}') as Record<
         string,
-        string
+        CustomEndpointInfo
       >,
       dataDir,
     };
@@ -307,6 +401,22 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     await close();
     throw error;
   }
+}
+
+/** The model with every queue URL placeholder (functions' environments, outputs) replaced by the emulator's URL. */
+function withQueueUrls(model: LocalModel, queueUrls: ReadonlyMap<string, string>): LocalModel {
+  const urlOf = (name: string) => {
+    const url = queueUrls.get(name);
+    if (url === undefined) throw new Error(`the template refers to queue ${name}, which was not created`);
+    return url;
+  };
+  const substitute = (values: Readonly<Record<string, string>>) =>
+    Object.fromEntries(Object.entries(values).map(([k, v]) => [k, substituteQueueUrls(v, urlOf)]));
+  return {
+    ...model,
+    functions: model.functions.map((fn) => ({ ...fn, environment: substitute(fn.environment) })),
+    outputs: substitute(model.outputs),
+  };
 }
 
 /** Running schedules; `stop` cancels every pending and future run. */

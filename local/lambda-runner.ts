@@ -1,3 +1,4 @@
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
@@ -132,14 +133,30 @@ class Environment {
 export class LambdaRunner {
   private readonly environments = new Map<string, Environment>();
 
+  /**
+   * @param codeDir where each function's bundled files (`LocalFunction.files`) are written, in a
+   * folder per function that becomes its `LAMBDA_TASK_ROOT`, as the bundle's folder is in Lambda.
+   * @default no files and no `LAMBDA_TASK_ROOT`
+   */
   constructor(
     functions: readonly LocalFunction[],
     projectRoot: string,
     baseEnv: Record<string, string>,
     log: (line: string) => void,
+    codeDir?: string,
   ) {
-    for (const fn of functions)
-      this.environments.set(fn.logicalId, new Environment(fn, projectRoot, baseEnv, log));
+    for (const fn of functions) {
+      let env = baseEnv;
+      if (codeDir !== undefined) {
+        const root = path.join(codeDir, fn.logicalId);
+        // Written afresh at every start: the files belong to this template, not to an earlier one.
+        rmSync(root, { recursive: true, force: true });
+        mkdirSync(root, { recursive: true });
+        for (const [name, content] of Object.entries(fn.files)) writeFileSync(path.join(root, name), content);
+        env = { ...baseEnv, LAMBDA_TASK_ROOT: root };
+      }
+      this.environments.set(fn.logicalId, new Environment(fn, projectRoot, env, log));
+    }
   }
 
   /** Invokes a function synchronously (RequestResponse) and returns its result. */

@@ -23,6 +23,11 @@ Starts the local hub: MQTT front door, DynamoDB and Kinesis emulators, rules, fu
   --kinesis-port N      Kinesis-compatible endpoint (default ${DEFAULT_PORTS.kinesis})
   --data-plane-port N   IoT data-plane endpoint (default ${DEFAULT_PORTS.dataPlane})
   --service-api-port N  service API (default ${DEFAULT_PORTS.serviceApi})
+  --aws-services-port N SQS, SNS and S3 of the custom endpoints (default ${DEFAULT_PORTS.awsServices})
+  --eventbridge-port N  EventBridge of the custom endpoints (default ${DEFAULT_PORTS.eventBridge})
+  --http-publish-port N D2C over HTTP, POST /topics/{topic} (default ${DEFAULT_PORTS.httpPublish})
+  --aws-services-url U  use this running SQS/SNS/S3 emulator (e.g. npx fauxqs) instead of the
+                        hub's own, whose contents are in memory (env HUB_AWS_SERVICES_URL)
   --template FILE       run this synthesized template instead of synthesizing the stack
   --json                print one JSON line {"event":"ready",...} instead of the banner
   -h, --help            this text
@@ -42,6 +47,10 @@ const { values } = parseArgs({
     'kinesis-port': { type: 'string' },
     'data-plane-port': { type: 'string' },
     'service-api-port': { type: 'string' },
+    'aws-services-port': { type: 'string' },
+    'eventbridge-port': { type: 'string' },
+    'http-publish-port': { type: 'string' },
+    'aws-services-url': { type: 'string' },
     template: { type: 'string' },
     json: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
@@ -72,6 +81,7 @@ const template: CfnTemplate = values.template
   ? (JSON.parse(readFileSync(values.template, 'utf8')) as CfnTemplate)
   : synthHubTemplate(config, cdkJson.context);
 const dataDir = values['data-dir'] ?? process.env.HUB_DATA_DIR ?? '.hub-data';
+const awsServicesUrl = values['aws-services-url'] ?? process.env.HUB_AWS_SERVICES_URL;
 
 const hub = await startLocalHub({
   template,
@@ -86,8 +96,12 @@ const hub = await startLocalHub({
     kinesis: port('kinesis', values['kinesis-port']),
     dataPlane: port('dataPlane', values['data-plane-port']),
     serviceApi: port('serviceApi', values['service-api-port']),
+    awsServices: port('awsServices', values['aws-services-port']),
+    eventBridge: port('eventBridge', values['eventbridge-port']),
+    httpPublish: port('httpPublish', values['http-publish-port']),
   },
   hostName: config.hostName,
+  ...(awsServicesUrl ? { awsServicesUrl } : {}),
 });
 const e = hub.endpoints;
 const mqttPort = new URL(e.mqtt).port;
@@ -104,8 +118,11 @@ serverless-iot-hub local hub is up (${((Date.now() - started) / 1000).toFixed(1)
   Kinesis         ${e.kinesis}
   IoT data plane  ${e.dataPlane}
   service API     ${e.serviceApi}   (Authorization: $(cat ${e.serviceTokenPath}))
+  SQS, SNS, S3    ${e.awsServices}   (custom endpoints; contents in memory unless --aws-services-url)
+  EventBridge     ${e.eventBridge}
+  D2C over HTTP   ${e.httpPublish}/topics/{topic}   (Authorization: the device's SAS token)
   data directory  ${e.dataDir}
-  built-in endpoint stream  ${e.builtInStream}
+  built-in endpoint stream  ${e.builtInStream}${e.basicIngestTopicPrefix ? `\n  Basic Ingest    ${e.basicIngestTopicPrefix}devices/{id}/messages/events/...` : ''}
   rules           ${hub.model.rules.map((r) => r.sql.replace(/^.* FROM /, 'FROM ')).join('\n                  ')}
 
 Create device d1 and get its connection string and MQTT credentials:
@@ -113,6 +130,9 @@ Create device d1 and get its connection string and MQTT credentials:
 Send a message as d1 (username/password as printed by the command above):
   mosquitto_pub -h 127.0.0.1 -p ${mqttPort} -i d1 -u "$USERNAME" -P "$PASSWORD" -q 1 \\
     -t 'devices/d1/messages/events/$.ct=application%2Fjson&$.ce=utf-8' -m '{"temp":21.5}'
+or over HTTP, the SAS token (the MQTT password) in Authorization:
+  curl -X POST -H "Authorization: $PASSWORD" -d '{"temp":21.5}' \\
+    '${e.httpPublish}/topics/devices/d1/messages/events/$.ct=application%252Fjson&$.ce=utf-8?qos=1'
 Read the built-in endpoint:
   npm run tail                  (or with the AWS CLI against ${e.kinesis}, region ${e.region})
 

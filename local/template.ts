@@ -5,10 +5,21 @@
  * local physical names, so the environment a handler sees here has the same shape as in Lambda.
  */
 
-import { ENTRY_METADATA_KEY } from '../lib/hub-function.ts';
+import { ENTRY_METADATA_KEY, FILES_METADATA_KEY } from '../lib/hub-function.ts';
 
 const REGION = 'us-east-1';
 const ACCOUNT = '000000000000';
+
+/**
+ * What an SQS queue's `Ref` (its URL) resolves to until the local SQS emulator listens: the hub
+ * replaces this prefix with the emulator's queue URL prefix (see {@link substituteQueueUrls}).
+ */
+export const QUEUE_URL_PLACEHOLDER = 'local-sqs-queue://';
+
+/** Replaces {@link QUEUE_URL_PLACEHOLDER} in `value` with `urlOf(queueName)`. */
+export function substituteQueueUrls(value: string, urlOf: (queueName: string) => string): string {
+  return value.replace(/local-sqs-queue:\/\/([A-Za-z0-9_.-]+)/g, (_, name: string) => urlOf(name));
+}
 
 /** A CloudFormation template, as far as the local hub reads it. */
 export interface CfnTemplate {
@@ -34,8 +45,32 @@ export interface LocalStream {
   readonly arn: string;
   readonly shardCount: number;
 }
-/** An SQS queue: locally a JSON-lines file under the data directory. */
+/**
+ * An SQS queue, created in the local SQS emulator. A Lambda on-failure destination queue is also
+ * kept as a JSON-lines file under the data directory (see `local/kinesis-mapping.ts`).
+ */
 export interface LocalQueue {
+  readonly logicalId: string;
+  readonly name: string;
+  readonly arn: string;
+  readonly fifo: boolean;
+  /** Queue attributes for CreateQueue (retention, redrive policy, ...), as strings. */
+  readonly attributes: Readonly<Record<string, string>>;
+}
+/** An SNS topic, created in the local SNS emulator. */
+export interface LocalTopic {
+  readonly logicalId: string;
+  readonly name: string;
+  readonly arn: string;
+  readonly fifo: boolean;
+}
+/** An S3 bucket, created in the local S3 emulator. */
+export interface LocalBucket {
+  readonly logicalId: string;
+  readonly name: string;
+}
+/** A custom EventBridge event bus, created in the local EventBridge stand-in. */
+export interface LocalEventBus {
   readonly logicalId: string;
   readonly name: string;
   readonly arn: string;
@@ -49,6 +84,8 @@ export interface LocalFunction {
   readonly entry: string;
   readonly environment: Record<string, string>;
   readonly timeoutSeconds: number;
+  /** Files bundled next to the handler (`HubFunction`'s `files`), by name. */
+  readonly files: Readonly<Record<string, string>>;
 }
 /** One IoT rule action, with templates still unevaluated (`${topic(2)}`). */
 export type LocalRuleAction =
@@ -67,6 +104,8 @@ export type LocalRuleAction =
 /** An IoT topic rule. */
 export interface LocalRule {
   readonly logicalId: string;
+  /** The rule's name (its `Ref`), as in a Basic Ingest topic `$aws/rules/{name}/...`. @default logicalId */
+  readonly name?: string;
   readonly sql: string;
   readonly disabled: boolean;
   readonly actions: readonly LocalRuleAction[];
@@ -102,6 +141,9 @@ export interface LocalModel {
   readonly tables: readonly LocalTable[];
   readonly streams: readonly LocalStream[];
   readonly queues: readonly LocalQueue[];
+  readonly topics: readonly LocalTopic[];
+  readonly buckets: readonly LocalBucket[];
+  readonly eventBuses: readonly LocalEventBus[];
   readonly functions: readonly LocalFunction[];
   readonly rules: readonly LocalRule[];
   readonly kinesisMappings: readonly LocalKinesisMapping[];
@@ -119,9 +161,25 @@ export class UnsupportedTemplateError extends Error {
   }
 }
 
-/** Physical name the local hub gives a resource: stable across restarts, like a deployed stack's. */
-function physicalName(stackName: string, logicalId: string): string {
-  return `${stackName}-${logicalId}`;
+/**
+ * Physical name the local hub gives a resource: stable across restarts, like a deployed stack's,
+ * and valid for its service (FIFO queues and topics end in `.fifo`; bucket names are lower case).
+ */
+function physicalName(stackName: string, logicalId: string, resource: CfnResource): string {
+  const name = `${stackName}-${logicalId}`;
+  switch (resource.Type) {
+    case 'AWS::SQS::Queue':
+      return resource.Properties?.FifoQueue === true ? `${name.slice(0, 75)}.fifo` : name.slice(0, 80);
+    case 'AWS::SNS::Topic':
+      return resource.Properties?.FifoTopic === true ? `${name.slice(0, 251)}.fifo` : name;
+    case 'AWS::S3::Bucket':
+      return name.toLowerCase().slice(0, 63);
+    case 'AWS::IoT::TopicRule':
+      // IoT rule names allow only letters, digits and '_' (they appear in Basic Ingest topics).
+      return name.replace(/[^a-zA-Z0-9_]/g, '_').slice(0, 128);
+    default:
+      return name;
+  }
 }
 
 function arnOf(type: string, name: string): string | undefined {
@@ -138,6 +196,12 @@ function arnOf(type: string, name: string): string | undefined {
       return `arn:aws:iam::${ACCOUNT}:role/${name}`;
     case 'AWS::Logs::LogGroup':
       return `arn:aws:logs:${REGION}:${ACCOUNT}:log-group:${name}:*`;
+    case 'AWS::SNS::Topic':
+      return `arn:aws:sns:${REGION}:${ACCOUNT}:${name}`;
+    case 'AWS::S3::Bucket':
+      return `arn:aws:s3:::${name}`;
+    case 'AWS::Events::EventBus':
+      return `arn:aws:events:${REGION}:${ACCOUNT}:event-bus/${name}`;
     default:
       return undefined;
   }
@@ -149,7 +213,7 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
   const names = new Map<string, string>();
   const arns = new Map<string, string>();
   for (const [id, r] of Object.entries(resources)) {
-    const name = physicalName(stackName, id);
+    const name = physicalName(stackName, id, r);
     names.set(id, name);
     const arn = arnOf(r.Type, name);
     if (arn !== undefined) arns.set(id, arn);
@@ -174,6 +238,8 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
             return arn;
           }
           if (attr === 'StreamArn') return `${arns.get(id)}/stream/local`;
+          if (attr === 'QueueName' || attr === 'TopicName' || attr === 'Name') return names.get(id);
+          if (attr === 'QueueUrl') return `${QUEUE_URL_PLACEHOLDER}${names.get(id)}`;
           // The local service API's address is known only once it listens; see LocalHubEndpoints.
           if (attr === 'FunctionUrl') return `local-function-url://${id}`;
           throw new UnsupportedTemplateError(where, `Fn::GetAtt ${id}.${attr}`);
@@ -223,9 +289,15 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
     }
     const name = names.get(id);
     if (name === undefined) throw new UnsupportedTemplateError(where, `Ref to unknown ${id}`);
-    const type = resources[id]?.Type;
-    // A queue's Ref is its URL; the local stand-in names it by its name.
-    return type === 'AWS::SQS::Queue' ? `local-queue://${name}` : name;
+    switch (resources[id]?.Type) {
+      // A queue's Ref is its URL, known once the SQS emulator listens.
+      case 'AWS::SQS::Queue':
+        return `${QUEUE_URL_PLACEHOLDER}${name}`;
+      case 'AWS::SNS::Topic':
+        return arns.get(id) ?? name;
+      default:
+        return name;
+    }
   };
   const byArn = (arn: unknown, where: string): string => {
     for (const [id, a] of arns) if (a === arn) return id;
@@ -244,6 +316,9 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
     tables: LocalTable[];
     streams: LocalStream[];
     queues: LocalQueue[];
+    topics: LocalTopic[];
+    buckets: LocalBucket[];
+    eventBuses: LocalEventBus[];
     functions: LocalFunction[];
     rules: LocalRule[];
     kinesisMappings: LocalKinesisMapping[];
@@ -255,6 +330,9 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
     tables: [],
     streams: [],
     queues: [],
+    topics: [],
+    buckets: [],
+    eventBuses: [],
     functions: [],
     rules: [],
     kinesisMappings: [],
@@ -271,6 +349,9 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
     'AWS::DynamoDB::Table',
     'AWS::Kinesis::Stream',
     'AWS::SQS::Queue',
+    'AWS::SNS::Topic',
+    'AWS::S3::Bucket',
+    'AWS::Events::EventBus',
     'AWS::Lambda::Function',
     'AWS::IoT::TopicRule',
     'AWS::Lambda::EventSourceMapping',
@@ -295,7 +376,22 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
         });
         break;
       case 'AWS::SQS::Queue':
-        model.queues.push({ logicalId: id, name, arn: arns.get(id) ?? '' });
+        model.queues.push({
+          logicalId: id,
+          name,
+          arn: arns.get(id) ?? '',
+          fifo: props.FifoQueue === true,
+          attributes: queueAttributes(props),
+        });
+        break;
+      case 'AWS::SNS::Topic':
+        model.topics.push({ logicalId: id, name, arn: arns.get(id) ?? '', fifo: props.FifoTopic === true });
+        break;
+      case 'AWS::S3::Bucket':
+        model.buckets.push({ logicalId: id, name });
+        break;
+      case 'AWS::Events::EventBus':
+        model.eventBuses.push({ logicalId: id, name, arn: arns.get(id) ?? '' });
         break;
       case 'AWS::Lambda::Function': {
         const entry = r.Metadata?.[ENTRY_METADATA_KEY];
@@ -307,6 +403,7 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
         }
         const env = ((props.Environment as { Variables?: Record<string, unknown> } | undefined)?.Variables ??
           {}) as Record<string, unknown>;
+        const files = (r.Metadata?.[FILES_METADATA_KEY] ?? {}) as Record<string, unknown>;
         model.functions.push({
           logicalId: id,
           name,
@@ -314,6 +411,7 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
           entry,
           environment: Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])),
           timeoutSeconds: typeof props.Timeout === 'number' ? props.Timeout : 3,
+          files: Object.fromEntries(Object.entries(files).map(([k, v]) => [k, String(v)])),
         });
         break;
       }
@@ -325,6 +423,7 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
           : undefined;
         model.rules.push({
           logicalId: id,
+          name,
           sql: String(payload.Sql),
           disabled: payload.RuleDisabled === true,
           actions,
@@ -406,6 +505,18 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
         throw new UnsupportedTemplateError(where, `IoT rule action '${kind}' is not emulated`);
     }
   }
+}
+
+/** The CreateQueue attributes of an `AWS::SQS::Queue`'s (resolved) properties. */
+function queueAttributes(props: Record<string, unknown>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const key of ['MessageRetentionPeriod', 'VisibilityTimeout', 'DelaySeconds', 'MaximumMessageSize']) {
+    if (props[key] !== undefined) out[key] = String(props[key]);
+  }
+  if (props.FifoQueue === true) out.FifoQueue = 'true';
+  if (props.ContentBasedDeduplication === true) out.ContentBasedDeduplication = 'true';
+  if (props.RedrivePolicy !== undefined) out.RedrivePolicy = JSON.stringify(props.RedrivePolicy);
+  return out;
 }
 
 /** `rate(5 minutes)` → milliseconds. */

@@ -95,6 +95,7 @@ describe('hub configuration errors', () => {
       maxMessageBytes: 256 * 1024,
       hostName: 'localhost',
       d2cTopicFilter: 'devices/+/messages/events/#',
+      basicIngest: false,
       c2d: DEFAULT_C2D_SETTINGS,
       routing: { endpoints: [], routes: [], fallbackRoute: { isEnabled: true }, enrichments: [] },
     });

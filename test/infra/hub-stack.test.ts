@@ -63,8 +63,9 @@ function statementsOfRole(roleId: string): FlatStatement[] {
 
 describe('ingest IoT rule', () => {
   it('selects the D2C topics with the ingest SQL, version 2016-03-23, enabled', () => {
-    // The ingest rule, the presence rule and the three C2D rules (connected, subscribed, settle).
-    template.resourceCountIs('AWS::IoT::TopicRule', 5);
+    // The ingest rule, the presence rule, the connection state events rule (test/infra/event-sources.test.ts)
+    // and the three C2D rules (connected, subscribed, settle).
+    template.resourceCountIs('AWS::IoT::TopicRule', 6);
     template.hasResourceProperties('AWS::IoT::TopicRule', {
       TopicRulePayload: Match.objectLike({
         Sql: ingestSql(D2C_TOPIC_FILTER),
@@ -74,13 +75,13 @@ describe('ingest IoT rule', () => {
     });
   });
 
-  it('puts each message on the ingest stream keyed by client id', () => {
+  it('puts each message on the ingest stream keyed by the device id in the topic', () => {
     template.hasResourceProperties('AWS::IoT::TopicRule', {
       TopicRulePayload: Match.objectLike({
         Actions: [
           {
             Kinesis: {
-              PartitionKey: '${clientid()}',
+              PartitionKey: '${topic(2)}',
               StreamName: { Ref: ids.ingestStream },
               RoleArn: arnOf(ids.ruleRole),
             },

@@ -1,15 +1,17 @@
+import { Validations } from 'aws-cdk-lib';
 import type { Template } from 'aws-cdk-lib/assertions';
+import { Construct, type IConstruct } from 'constructs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import {
-  ENDPOINT_STREAMS_ENV,
-  endpointStreamsFromEnv,
-  ROUTING_ENV,
-  routingFromEnv,
+  ENDPOINTS_ENV,
+  endpointTargetsFromEnv,
+  parseRouterRouting,
+  ROUTING_FILE,
 } from '../../functions/core/routing/config.ts';
 import { type HubConfigInput, parseHubConfig } from '../../lib/config.ts';
-import { LAMBDA_ENVIRONMENT_BYTES, routingEnvironment } from '../../lib/d2c-pipeline.ts';
-import { routedEndpointNames } from '../../lib/endpoints.ts';
+import { type CustomEndpoint, routedEndpointNames, WRITE_ACTIONS } from '../../lib/endpoints.ts';
+import { FILES_METADATA_KEY } from '../../lib/hub-function.ts';
 import type { HubStack } from '../../lib/hub-stack.ts';
 import {
   configError as configErrorOf,
@@ -21,8 +23,10 @@ import {
 } from './hub-template.ts';
 
 /**
- * Three custom endpoints: `hot-path` (a route sends to it, 3 days), `cold_store` (only a disabled
- * route and an enrichment name it) and `unused` (nothing names it); plus a route to `events`.
+ * Ten custom endpoints, all five types. Routed: `hot-path` (kinesis, 3 days), `alerts` (sqs),
+ * `ordered` (sqs FIFO), `fanout` (sns), `fanout-fifo` (sns FIFO), `archive` (s3) and `bus`
+ * (eventbridge). Not routed: `cold_store` (only a disabled route and an enrichment name it),
+ * `unused` (kinesis, nothing names it) and `idle-queue` (sqs, nothing names it). Plus a route to `events`.
  */
 const ROUTED: HubConfigInput = {
   hubName: 'routing-hub',
@@ -31,6 +35,13 @@ const ROUTED: HubConfigInput = {
       { name: 'hot-path', type: 'kinesis', retentionDays: 3 },
       { name: 'cold_store', type: 'kinesis' },
       { name: 'unused', type: 'kinesis', retentionDays: 7 },
+      { name: 'alerts', type: 'sqs' },
+      { name: 'ordered', type: 'sqs', fifo: true },
+      { name: 'fanout', type: 'sns' },
+      { name: 'fanout-fifo', type: 'sns', fifo: true },
+      { name: 'archive', type: 's3', format: 'avro', maxChunkSizeInBytes: 1024 * 1024 },
+      { name: 'bus', type: 'eventbridge' },
+      { name: 'idle-queue', type: 'sqs' },
     ],
     routes: [
       {
@@ -39,23 +50,25 @@ const ROUTED: HubConfigInput = {
         endpointNames: ['hot-path'],
       },
       { name: 'all-events', endpointNames: ['events'] },
-      { name: 'archive', endpointNames: ['cold_store'], isEnabled: false },
+      { name: 'archive-old', endpointNames: ['cold_store'], isEnabled: false },
+      { name: 'alert', condition: "level = 'alert'", endpointNames: ['alerts'] },
+      { name: 'in-order', endpointNames: ['ordered'] },
+      { name: 'fan', source: 'DeviceLifecycleEvents', endpointNames: ['fanout'] },
+      { name: 'fan-fifo', source: 'DeviceConnectionStateEvents', endpointNames: ['fanout-fifo'] },
+      { name: 'keep', endpointNames: ['archive'] },
+      { name: 'publish', endpointNames: ['bus'] },
     ],
     fallbackRoute: { isEnabled: false },
     enrichments: [{ key: 'hub', value: '$iothubname', endpointNames: ['hot-path', 'cold_store'] }],
   },
 };
-
-const PUT_ACTIONS = ['kinesis:PutRecord', 'kinesis:PutRecords'];
+const ROUTED_NAMES = ['hot-path', 'alerts', 'ordered', 'fanout', 'fanout-fifo', 'archive', 'bus'];
 
 const EnvironmentSchema = z.object({ Variables: z.record(z.string(), z.unknown()) });
 
 let stack: HubStack;
 let template: Template;
 let ids: {
-  hot: string;
-  cold: string;
-  unused: string;
   builtIn: string;
   ingest: string;
   feedback: string;
@@ -63,14 +76,24 @@ let ids: {
   routerRole: string;
 };
 
+/** Logical id of the resource the hub made for the named endpoint (its stream, queue, topic, bucket or bus). */
+const endpointId = (name: string) => logicalId(stack.customEndpoints.endpoint(name).resource);
+
+/** The endpoint, narrowed to its type. */
+function endpointOf<T extends CustomEndpoint['type']>(
+  name: string,
+  type: T,
+): Extract<CustomEndpoint, { type: T }> {
+  const endpoint = stack.customEndpoints.endpoint(name);
+  if (endpoint.type !== type) throw new Error(`${name} is ${endpoint.type}, not ${type}`);
+  return endpoint as Extract<CustomEndpoint, { type: T }>;
+}
+
 beforeAll(() => {
   ({ stack, template } = synthHub(ROUTED));
   const role = stack.d2c.router.function.role;
   if (role === undefined) throw new Error('the router function has no role');
   ids = {
-    hot: logicalId(stack.customEndpoints.stream('hot-path')),
-    cold: logicalId(stack.customEndpoints.stream('cold_store')),
-    unused: logicalId(stack.customEndpoints.stream('unused')),
     builtIn: logicalId(stack.builtInEndpoint.stream),
     ingest: logicalId(stack.d2c.ingestStream),
     feedback: logicalId(stack.c2d.feedbackStream),
@@ -79,146 +102,374 @@ beforeAll(() => {
   };
 });
 
+/** A resource of the template by logical id. */
+function resource(id: string): {
+  Type: string;
+  Properties?: Record<string, unknown>;
+  DeletionPolicy?: string;
+} {
+  const found = template.toJSON().Resources?.[id];
+  if (found === undefined) throw new Error(`no resource ${id}`);
+  return found;
+}
+
 /** The router's environment variables as written in the template. */
-function routerEnvironment(): Record<string, unknown> {
-  const router = template.findResources('AWS::Lambda::Function')[ids.router];
+function routerEnvironment(t: Template = template, id = ids.router): Record<string, unknown> {
+  const router = t.findResources('AWS::Lambda::Function')[id];
   return EnvironmentSchema.parse(router?.Properties?.Environment).Variables;
 }
 
-/** A `Fn::Join` of literal strings and `Ref`s, with each Ref replaced by `<logicalId>`. */
-function joinWithRefs(value: unknown): string {
-  const join = z.object({ 'Fn::Join': z.tuple([z.literal(''), z.array(z.unknown())]) }).parse(value);
-  return join['Fn::Join'][1]
-    .map((part) => (typeof part === 'string' ? part : `<${z.object({ Ref: z.string() }).parse(part).Ref}>`))
-    .join('');
+/** The router's bundled files as recorded in its template metadata. */
+function routerFiles(t: Template = template, id = ids.router): Record<string, string> {
+  const router = t.findResources('AWS::Lambda::Function')[id];
+  return z.record(z.string(), z.string()).parse(router?.Metadata?.[FILES_METADATA_KEY]);
 }
 
-/** `actions on logicalId` for each Allow statement of the router role that names a Kinesis stream. */
-function routerStreamGrants(): string[] {
-  const streams = new Set(Object.keys(template.findResources('AWS::Kinesis::Stream')));
+/**
+ * An intrinsic as a readable string: `Ref` → `<id>`, `Fn::GetAtt` → `<id.Attr>`, `Fn::Join` with ''
+ * → its parts concatenated, a literal string → itself.
+ */
+function show(value: unknown): string {
+  if (typeof value === 'string') return value;
+  const ref = z.object({ Ref: z.string() }).safeParse(value);
+  if (ref.success) return `<${ref.data.Ref}>`;
+  const getAtt = z.object({ 'Fn::GetAtt': z.tuple([z.string(), z.string()]) }).safeParse(value);
+  if (getAtt.success) return `<${getAtt.data['Fn::GetAtt'].join('.')}>`;
+  const join = z.object({ 'Fn::Join': z.tuple([z.literal(''), z.array(z.unknown())]) }).parse(value);
+  return join['Fn::Join'][1].map(show).join('');
+}
+
+/** `action on resource` for each Allow statement of the router role that names a custom endpoint resource. */
+function routerEndpointGrants(): string[] {
+  const endpointResources = new Set(
+    Object.keys(template.toJSON().Resources ?? {}).filter((id) => id.startsWith('CustomEndpoints')),
+  );
   return iamStatements(template)
     .filter((s) => s.roles.includes(ids.routerRole) && s.effect === 'Allow')
     .flatMap((s) =>
-      referencedIds(s.resources)
-        .filter((id) => streams.has(id))
-        .flatMap((id) => s.actions.map((a) => `${a} on ${id}`)),
+      s.resources
+        .filter((r) => referencedIds(r).some((id) => endpointResources.has(id)))
+        .flatMap((r) => s.actions.map((a) => `${a} on ${show(r)}`)),
     );
 }
 
-describe('custom endpoint streams', () => {
-  it('creates one stream per custom endpoint, besides the ingest, built-in and feedback streams', () => {
-    const streams = Object.keys(template.findResources('AWS::Kinesis::Stream')).sort();
-    expect(streams).toEqual([ids.hot, ids.cold, ids.unused, ids.builtIn, ids.ingest, ids.feedback].sort());
-    expect(new Set(streams).size).toBe(6);
-  });
-
-  it('derives each construct id from the endpoint name (renaming an endpoint replaces its stream)', () => {
-    expect(stack.customEndpoints.stream('hot-path').node.path).toBe(
+describe('custom endpoint resources', () => {
+  it('derives each construct id from the endpoint name (renaming an endpoint replaces its resources)', () => {
+    expect(stack.customEndpoints.endpoint('hot-path').resource.node.path).toBe(
       'ServerlessIotHub/CustomEndpoints/hot-path/Stream',
     );
-    expect(ids.hot).toMatch(/^CustomEndpointshotpathStream[0-9A-F]{8}$/);
-    expect(ids.cold).toMatch(/^CustomEndpointscoldstoreStream[0-9A-F]{8}$/);
-    expect(() => stack.customEndpoints.stream('events')).toThrow(/no custom endpoint 'events'/);
+    expect(endpointId('hot-path')).toMatch(/^CustomEndpointshotpathStream[0-9A-F]{8}$/);
+    expect(endpointId('cold_store')).toMatch(/^CustomEndpointscoldstoreStream[0-9A-F]{8}$/);
+    expect(endpointId('alerts')).toMatch(/^CustomEndpointsalertsQueue[0-9A-F]{8}$/);
+    expect(endpointId('fanout')).toMatch(/^CustomEndpointsfanoutTopic[0-9A-F]{8}$/);
+    expect(endpointId('archive')).toMatch(/^CustomEndpointsarchiveBucket[0-9A-F]{8}$/);
+    expect(endpointId('bus')).toMatch(/^CustomEndpointsbusBus[0-9A-F]{8}$/);
+    expect([...stack.customEndpoints.endpoints.keys()]).toEqual(
+      parseHubConfig(ROUTED).routing.endpoints.map((e) => e.name),
+    );
+    expect(() => stack.customEndpoints.endpoint('events')).toThrow(/no custom endpoint 'events'/);
+  });
+
+  it('creates one stream per kinesis endpoint, besides the ingest, built-in and feedback streams', () => {
+    const streams = Object.keys(template.findResources('AWS::Kinesis::Stream')).sort();
+    const custom = ['hot-path', 'cold_store', 'unused'].map(endpointId);
+    expect(streams).toEqual([...custom, ids.builtIn, ids.ingest, ids.feedback].sort());
   });
 
   it.each([
     ['hot-path', 3],
     ['cold_store', 1],
     ['unused', 7],
-  ])('makes %s on-demand, KMS-encrypted with the AWS-managed key, keeping %i day(s)', (name, days) => {
-    const stream =
-      template.findResources('AWS::Kinesis::Stream')[logicalId(stack.customEndpoints.stream(name))];
-    expect(stream?.Properties).toEqual({
+  ])('makes stream %s on-demand, KMS-encrypted with the AWS-managed key, keeping %i day(s)', (name, days) => {
+    expect(resource(endpointId(name)).Properties).toEqual({
       RetentionPeriodHours: days * 24,
       StreamEncryption: { EncryptionType: 'KMS', KeyId: 'alias/aws/kinesis' },
       StreamModeDetails: { StreamMode: 'ON_DEMAND' },
     });
   });
 
-  it('gives the streams no physical name', () => {
-    for (const id of [ids.hot, ids.cold, ids.unused]) {
-      expect(template.findResources('AWS::Kinesis::Stream')[id]?.Properties?.Name).toBeUndefined();
+  it.each([
+    ['alerts', false],
+    ['ordered', true],
+    ['idle-queue', false],
+  ])(
+    'makes queue %s (FIFO: %s) encrypted, 14 days, retained, redriving to a DLQ after 10 receives',
+    (name, fifo) => {
+      const { queue, deadLetterQueue } = endpointOf(name, 'sqs');
+      const dlq = logicalId(deadLetterQueue);
+      const fifoProps = fifo
+        ? {
+            FifoQueue: true,
+            ContentBasedDeduplication: false,
+            DeduplicationScope: 'messageGroup',
+            FifoThroughputLimit: 'perMessageGroupId',
+          }
+        : {};
+      expect(resource(logicalId(queue))).toMatchObject({ DeletionPolicy: 'Retain' });
+      expect(resource(logicalId(queue)).Properties).toEqual({
+        ...fifoProps,
+        MessageRetentionPeriod: 14 * 24 * 3600,
+        SqsManagedSseEnabled: true,
+        RedrivePolicy: { deadLetterTargetArn: { 'Fn::GetAtt': [dlq, 'Arn'] }, maxReceiveCount: 10 },
+      });
+      expect(resource(dlq)).toMatchObject({ DeletionPolicy: 'Retain' });
+      expect(resource(dlq).Properties).toEqual({
+        ...(fifo ? { FifoQueue: true } : {}),
+        MessageRetentionPeriod: 14 * 24 * 3600,
+        SqsManagedSseEnabled: true,
+      });
+    },
+  );
+
+  it('denies non-TLS access to every endpoint queue and dead-letter queue', () => {
+    const policies = Object.values(template.findResources('AWS::SQS::QueuePolicy'));
+    for (const name of ['alerts', 'ordered', 'idle-queue']) {
+      const { queue, deadLetterQueue } = endpointOf(name, 'sqs');
+      for (const id of [logicalId(queue), logicalId(deadLetterQueue)]) {
+        const policy = policies.find(
+          (p) => JSON.stringify(p.Properties?.Queues) === JSON.stringify([{ Ref: id }]),
+        );
+        expect(policy?.Properties?.PolicyDocument?.Statement).toContainEqual(
+          expect.objectContaining({
+            Effect: 'Deny',
+            Action: 'sqs:*',
+            Condition: { Bool: { 'aws:SecureTransport': 'false' } },
+          }),
+        );
+      }
     }
   });
 
-  it('exports every endpoint stream, routed or not, in the CustomEndpointStreams output', () => {
-    const output = template.findOutputs('CustomEndpointStreams').CustomEndpointStreams;
-    expect(JSON.parse(joinWithRefs(output?.Value))).toEqual({
-      'hot-path': `<${ids.hot}>`,
-      cold_store: `<${ids.cold}>`,
-      unused: `<${ids.unused}>`,
+  it.each([
+    ['fanout', false],
+    ['fanout-fifo', true],
+  ])(
+    'makes topic %s (FIFO: %s) encrypted with the AWS-managed SNS key, TLS-only publishing',
+    (name, fifo) => {
+      const id = endpointId(name);
+      const props = resource(id).Properties ?? {};
+      expect(show(props.KmsMasterKeyId)).toBe(
+        'arn:<AWS::Partition>:kms:<AWS::Region>:<AWS::AccountId>:alias/aws/sns',
+      );
+      if (fifo) {
+        expect(props).toMatchObject({
+          FifoTopic: true,
+          ContentBasedDeduplication: false,
+          FifoThroughputScope: 'MessageGroup',
+        });
+        // FIFO topics need a name ending in .fifo: CDK generates it from the construct path.
+        expect(props.TopicName).toMatch(
+          /^ServerlessIotHub-CustomEndpoints-fanoutfifo-Topic-[0-9A-F]{8}\.fifo$/,
+        );
+      } else {
+        expect(Object.keys(props).sort()).toEqual(['KmsMasterKeyId']);
+      }
+      const policy = Object.values(template.findResources('AWS::SNS::TopicPolicy')).find(
+        (p) => JSON.stringify(p.Properties?.Topics) === JSON.stringify([{ Ref: id }]),
+      );
+      expect(policy?.Properties?.PolicyDocument?.Statement).toContainEqual(
+        expect.objectContaining({
+          Effect: 'Deny',
+          Action: 'sns:Publish',
+          Condition: { Bool: { 'aws:SecureTransport': 'false' } },
+        }),
+      );
+    },
+  );
+
+  it('makes the S3 bucket private, TLS-only, S3-encrypted, versioned, retained, with access logs', () => {
+    const { bucket, accessLogs } = endpointOf('archive', 's3');
+    const [bucketId, logsId] = [logicalId(bucket), logicalId(accessLogs)];
+    const blockAll = {
+      BlockPublicAcls: true,
+      BlockPublicPolicy: true,
+      IgnorePublicAcls: true,
+      RestrictPublicBuckets: true,
+    };
+    const sse = {
+      ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }],
+    };
+    expect(resource(bucketId)).toMatchObject({ DeletionPolicy: 'Retain' });
+    expect(resource(bucketId).Properties).toEqual({
+      BucketEncryption: sse,
+      PublicAccessBlockConfiguration: blockAll,
+      VersioningConfiguration: { Status: 'Enabled' },
+      LifecycleConfiguration: {
+        Rules: [{ NoncurrentVersionExpiration: { NoncurrentDays: 30 }, Status: 'Enabled' }],
+      },
+      LoggingConfiguration: { DestinationBucketName: { Ref: logsId } },
     });
+    expect(resource(logsId)).toMatchObject({ DeletionPolicy: 'Retain' });
+    expect(resource(logsId).Properties).toMatchObject({
+      BucketEncryption: sse,
+      PublicAccessBlockConfiguration: blockAll,
+    });
+    expect(resource(logsId).Properties?.AccessControl).toBeUndefined();
+
+    const policies = Object.values(template.findResources('AWS::S3::BucketPolicy'));
+    const statementsOf = (id: string) =>
+      policies.find((p) => JSON.stringify(p.Properties?.Bucket) === JSON.stringify({ Ref: id }))?.Properties
+        ?.PolicyDocument?.Statement as unknown[];
+    const denyPlain = expect.objectContaining({
+      Effect: 'Deny',
+      Action: 's3:*',
+      Condition: { Bool: { 'aws:SecureTransport': 'false' } },
+    });
+    expect(statementsOf(bucketId)).toContainEqual(denyPlain);
+    expect(statementsOf(logsId)).toContainEqual(denyPlain);
+    // Log delivery by bucket policy, only from the endpoint bucket (no ACL).
+    expect(statementsOf(logsId)).toContainEqual(
+      expect.objectContaining({
+        Effect: 'Allow',
+        Principal: { Service: 'logging.s3.amazonaws.com' },
+        Action: 's3:PutObject',
+        Condition: {
+          ArnLike: { 'aws:SourceArn': { 'Fn::GetAtt': [bucketId, 'Arn'] } },
+          StringEquals: { 'aws:SourceAccount': { Ref: 'AWS::AccountId' } },
+        },
+      }),
+    );
   });
 
-  it('exports an empty mapping and creates no stream when there are no custom endpoints', () => {
+  it('makes a custom event bus for the eventbridge endpoint', () => {
+    const bus = resource(endpointId('bus'));
+    expect(bus.Type).toBe('AWS::Events::EventBus');
+    expect(bus.Properties?.Description).toBe("Custom endpoint 'bus' of the IoT hub");
+    // The name is required by CloudFormation; CDK derives it from the construct path.
+    expect(bus.Properties?.Name).toMatch(/^ServerlessIotHubCustomEndpointsbusBus[0-9A-F]{8}$/);
+  });
+
+  it('gives no endpoint resource a configured physical name', () => {
+    const named = Object.entries(template.toJSON().Resources ?? {})
+      .filter(([id]) => id.startsWith('CustomEndpoints'))
+      .flatMap(([id, r]) => {
+        const props = (r as { Properties?: Record<string, unknown> }).Properties ?? {};
+        return ['Name', 'QueueName', 'BucketName', 'TopicName']
+          .filter((key) => props[key] !== undefined)
+          .map((key) => `${id}.${key}`);
+      });
+    // Only the names CloudFormation requires and CDK generates: the FIFO topic's and the bus's.
+    expect(named.sort()).toEqual(
+      [`${endpointId('bus')}.Name`, `${endpointId('fanout-fifo')}.TopicName`].sort(),
+    );
+  });
+
+  it('exports every endpoint, routed or not, with type, target and ARN in the CustomEndpoints output', () => {
+    const output = template.findOutputs('CustomEndpoints').CustomEndpoints;
+    const streamOf = (name: string) => ({
+      type: 'kinesis',
+      target: `<${endpointId(name)}>`,
+      arn: `<${endpointId(name)}.Arn>`,
+    });
+    const queueOf = (name: string) => ({
+      type: 'sqs',
+      target: `<${endpointId(name)}>`,
+      arn: `<${endpointId(name)}.Arn>`,
+    });
+    const topicOf = (name: string) => ({
+      type: 'sns',
+      target: `<${endpointId(name)}>`,
+      arn: `<${endpointId(name)}>`,
+    });
+    expect(JSON.parse(show(output?.Value))).toEqual({
+      'hot-path': streamOf('hot-path'),
+      cold_store: streamOf('cold_store'),
+      unused: streamOf('unused'),
+      alerts: queueOf('alerts'),
+      ordered: queueOf('ordered'),
+      fanout: topicOf('fanout'),
+      'fanout-fifo': topicOf('fanout-fifo'),
+      archive: { type: 's3', target: `<${endpointId('archive')}>`, arn: `<${endpointId('archive')}.Arn>` },
+      bus: { type: 'eventbridge', target: `<${endpointId('bus')}>`, arn: `<${endpointId('bus')}.Arn>` },
+      'idle-queue': queueOf('idle-queue'),
+    });
+    expect(template.findOutputs('CustomEndpointStreams')).toEqual({});
+  });
+
+  it('exports an empty mapping and creates no endpoint resource when there are no custom endpoints', () => {
     const plain = synthHub({}).template;
-    expect(plain.findOutputs('CustomEndpointStreams').CustomEndpointStreams?.Value).toBe('{}');
+    expect(plain.findOutputs('CustomEndpoints').CustomEndpoints?.Value).toBe('{}');
     expect(Object.keys(plain.findResources('AWS::Kinesis::Stream'))).toHaveLength(3);
+    expect(
+      Object.keys(plain.toJSON().Resources ?? {}).filter((id) => id.startsWith('CustomEndpoints')),
+    ).toEqual([]);
   });
 });
 
-describe('router environment', () => {
-  it('carries the hub name and the validated routing configuration in ROUTING', () => {
-    const env = routerEnvironment();
-    const raw = env[ROUTING_ENV];
-    expect(typeof raw).toBe('string');
-    expect(JSON.parse(String(raw))).toEqual({
-      hubName: 'routing-hub',
-      routing: parseHubConfig(ROUTED).routing,
-    });
+describe('router routing file', () => {
+  it('bundles the hub name and the validated routing configuration as routing.json, recorded in metadata', () => {
+    const files = routerFiles();
+    expect(Object.keys(files)).toEqual([ROUTING_FILE]);
+    const expected = { hubName: 'routing-hub', routing: parseHubConfig(ROUTED).routing };
+    expect(JSON.parse(files[ROUTING_FILE] ?? '')).toEqual(expected);
     // What the router itself reads back.
-    expect(routingFromEnv({ [ROUTING_ENV]: String(raw) })).toEqual({
-      hubName: 'routing-hub',
-      routing: parseHubConfig(ROUTED).routing,
-    });
+    expect(parseRouterRouting(files[ROUTING_FILE])).toEqual(expected);
   });
 
-  it('maps only the routed endpoint to its stream in ENDPOINT_STREAMS', () => {
-    const mapping = JSON.parse(joinWithRefs(routerEnvironment()[ENDPOINT_STREAMS_ENV]));
-    expect(mapping).toEqual({ 'hot-path': `<${ids.hot}>` });
-    expect(endpointStreamsFromEnv({ [ENDPOINT_STREAMS_ENV]: JSON.stringify(mapping) })).toEqual(mapping);
+  it('keeps the routing out of the environment', () => {
+    const env = routerEnvironment();
+    expect(Object.keys(env)).not.toContain('ROUTING');
+    expect(Object.keys(env)).not.toContain('ENDPOINT_STREAMS');
+    expect(env.MAX_MESSAGE_BYTES).toBe(String(256 * 1024));
+    expect(env.BUILTIN_STREAM_NAME).toEqual({ Ref: ids.builtIn });
   });
 
-  it('keeps the built-in stream name for fallback and events routes', () => {
-    expect(routerEnvironment().BUILTIN_STREAM_NAME).toEqual({ Ref: ids.builtIn });
-  });
-
-  it('passes the default routing and an empty ENDPOINT_STREAMS when hub.routing is absent', () => {
+  it('bundles the default routing and sets an empty ENDPOINTS when hub.routing is absent', () => {
     const plain = synthHub({});
-    const router =
-      plain.template.findResources('AWS::Lambda::Function')[logicalId(plain.stack.d2c.router.function)];
-    const env = EnvironmentSchema.parse(router?.Properties?.Environment).Variables;
-    expect(JSON.parse(String(env[ROUTING_ENV]))).toEqual({
+    const id = logicalId(plain.stack.d2c.router.function);
+    expect(JSON.parse(routerFiles(plain.template, id)[ROUTING_FILE] ?? '')).toEqual({
       hubName: 'serverless-iot-hub',
       routing: { endpoints: [], routes: [], fallbackRoute: { isEnabled: true }, enrichments: [] },
     });
-    expect(env[ENDPOINT_STREAMS_ENV]).toBe('{}');
+    expect(routerEnvironment(plain.template, id)[ENDPOINTS_ENV]).toBe('{}');
+  });
+
+  it('synthesizes 100 routes with 1 KB conditions (no environment size cap)', () => {
+    const condition = (i: number) => {
+      const head = `$body.temperature > ${i} AND level = '`;
+      return `${head}${'x'.repeat(1024 - head.length - 1)}'`;
+    };
+    const routing = {
+      routes: Array.from({ length: 100 }, (_, i) => ({
+        name: `route-${i}`,
+        condition: condition(i),
+        endpointNames: ['events'],
+      })),
+    };
+    expect(routing.routes.every((r) => r.condition.length === 1024)).toBe(true);
+    const big = synthHub({ routing });
+    const id = logicalId(big.stack.d2c.router.function);
+    const content = routerFiles(big.template, id)[ROUTING_FILE] ?? '';
+    expect(content.length).toBeGreaterThan(100 * 1024);
+    expect(parseRouterRouting(content).routing.routes).toHaveLength(100);
+    // The environment stays small: names and numbers only.
+    expect(JSON.stringify(routerEnvironment(big.template, id)).length).toBeLessThan(1024);
   });
 });
 
-describe('router grants', () => {
-  it('lists the routed endpoints: enabled routes only, not events', () => {
-    expect(routedEndpointNames(parseHubConfig(ROUTED).routing)).toEqual(['hot-path']);
-  });
-
-  it('lets the router put records on exactly the routed endpoint and the built-in endpoint', () => {
-    const puts = routerStreamGrants().filter((g) => PUT_ACTIONS.some((a) => g.startsWith(`${a} on `)));
-    expect(puts.sort()).toEqual(
-      PUT_ACTIONS.flatMap((a) => [`${a} on ${ids.hot}`, `${a} on ${ids.builtIn}`]).sort(),
+describe('router ENDPOINTS', () => {
+  it('maps only the routed endpoints to their type and target', () => {
+    const mapping = JSON.parse(show(routerEnvironment()[ENDPOINTS_ENV]));
+    // Ref of a stream is its name, of a queue its URL, of a topic its ARN, of a bucket or a bus its name.
+    expect(mapping).toEqual(
+      Object.fromEntries(
+        ROUTED_NAMES.map((name) => [
+          name,
+          { type: stack.customEndpoints.endpoint(name).type, target: `<${endpointId(name)}>` },
+        ]),
+      ),
     );
-  });
-
-  it('gives the router nothing on an unrouted endpoint (disabled route, enrichment only, or unused)', () => {
-    const touched = routerStreamGrants().map((g) => g.split(' on ')[1]);
-    expect(touched).not.toContain(ids.cold);
-    expect(touched).not.toContain(ids.unused);
-  });
-
-  it("grants no wildcard action ('*' or 'service:*') anywhere", () => {
-    const wildcards = iamStatements(template).flatMap((s) =>
-      s.actions.filter((a) => a === '*' || a.endsWith(':*')).map((a) => `${s.source}: ${a}`),
-    );
-    expect(wildcards).toEqual([]);
+    expect(Object.values(mapping).map((e) => (e as { type: string }).type)).toEqual([
+      'kinesis',
+      'sqs',
+      'sqs',
+      'sns',
+      'sns',
+      's3',
+      'eventbridge',
+    ]);
+    // What the router itself reads back.
+    expect(endpointTargetsFromEnv({ [ENDPOINTS_ENV]: JSON.stringify(mapping) })).toEqual(mapping);
   });
 
   it('needs no custom endpoint for a route to events', () => {
@@ -226,15 +477,88 @@ describe('router grants', () => {
       routing: { routes: [{ name: 'to-events', condition: "level = 'info'", endpointNames: ['events'] }] },
     });
     expect(Object.keys(t.findResources('AWS::Kinesis::Stream'))).toHaveLength(3);
-    expect(eventsOnly.customEndpoints.streams.size).toBe(0);
-    const router = t.findResources('AWS::Lambda::Function')[logicalId(eventsOnly.d2c.router.function)];
-    expect(EnvironmentSchema.parse(router?.Properties?.Environment).Variables[ENDPOINT_STREAMS_ENV]).toBe(
-      '{}',
-    );
+    expect(eventsOnly.customEndpoints.endpoints.size).toBe(0);
+    expect(routerEnvironment(t, logicalId(eventsOnly.d2c.router.function))[ENDPOINTS_ENV]).toBe('{}');
   });
 });
 
-describe('cdk-nag with routes configured', () => {
+describe('router grants', () => {
+  it('lists the routed endpoints: enabled routes only, not events', () => {
+    expect(routedEndpointNames(parseHubConfig(ROUTED).routing)).toEqual(ROUTED_NAMES);
+  });
+
+  it('grants exactly the write action of each routed endpoint, on that resource only', () => {
+    const arn = (name: string) => `<${endpointId(name)}.Arn>`;
+    expect(routerEndpointGrants().sort()).toEqual(
+      [
+        `kinesis:PutRecord on ${arn('hot-path')}`,
+        `kinesis:PutRecords on ${arn('hot-path')}`,
+        `sqs:SendMessage on ${arn('alerts')}`,
+        `sqs:SendMessage on ${arn('ordered')}`,
+        // A topic's Ref is its ARN.
+        `sns:Publish on <${endpointId('fanout')}>`,
+        `sns:Publish on <${endpointId('fanout-fifo')}>`,
+        `s3:PutObject on ${arn('archive')}/*`,
+        `events:PutEvents on ${arn('bus')}`,
+      ].sort(),
+    );
+    expect(WRITE_ACTIONS).toEqual({
+      kinesis: ['kinesis:PutRecord', 'kinesis:PutRecords'],
+      sqs: ['sqs:SendMessage'],
+      sns: ['sns:Publish'],
+      s3: ['s3:PutObject'],
+      eventbridge: ['events:PutEvents'],
+    });
+  });
+
+  it('gives the router nothing on an unrouted endpoint, a dead-letter queue or an access log bucket', () => {
+    const touched = new Set(
+      iamStatements(template)
+        .filter((s) => s.roles.includes(ids.routerRole))
+        .flatMap((s) => referencedIds(s.resources)),
+    );
+    const untouched = [
+      endpointId('cold_store'),
+      endpointId('unused'),
+      endpointId('idle-queue'),
+      logicalId(endpointOf('alerts', 'sqs').deadLetterQueue),
+      logicalId(endpointOf('ordered', 'sqs').deadLetterQueue),
+      logicalId(endpointOf('idle-queue', 'sqs').deadLetterQueue),
+      logicalId(endpointOf('archive', 's3').accessLogs),
+    ];
+    for (const id of untouched) expect(touched).not.toContain(id);
+  });
+
+  it('gives the router no KMS permission (the endpoints use AWS-managed or service-managed keys)', () => {
+    const kms = iamStatements(template)
+      .filter((s) => s.roles.includes(ids.routerRole))
+      .flatMap((s) => s.actions.filter((a) => a.startsWith('kms:')));
+    expect(kms).toEqual([]);
+  });
+
+  it("grants no action with a wildcard ('*', 'service:*' or 'service:Prefix*') anywhere", () => {
+    const wildcards = iamStatements(template).flatMap((s) =>
+      s.actions.filter((a) => a.includes('*')).map((a) => `${s.source}: ${a}`),
+    );
+    expect(wildcards).toEqual([]);
+  });
+});
+
+describe('cdk-nag with all five endpoint types routed', () => {
+  it("acknowledges the bucket's object wildcard on the router role only, naming that bucket", () => {
+    const acknowledged = (construct: IConstruct) =>
+      construct.node.metadata
+        .filter((m) => m.type === Validations.ACKNOWLEDGED_RULES_METADATA_KEY)
+        .flatMap((m) => Object.keys(m.data as Record<string, string>))
+        .map((id) => id.replace(/^annotation::/i, ''))
+        .filter((id) => id.startsWith('AwsSolutions-IAM5[Resource::<CustomEndpoints'));
+    const role = stack.d2c.router.function.role;
+    if (!(role instanceof Construct)) throw new Error('the router role is not a construct');
+    expect(acknowledged(role)).toEqual([`AwsSolutions-IAM5[Resource::<${endpointId('archive')}.Arn>/*]`]);
+    const others = stack.node.findAll().filter((c) => c !== role);
+    expect(others.flatMap(acknowledged)).toEqual([]);
+  });
+
   it('synthesizes with no unacknowledged AwsSolutions or Serverless finding', () => {
     const { error, report, findings } = synthWithNag(ROUTED);
     expect(error).toBeUndefined();
@@ -296,7 +620,7 @@ describe('hub.routing configuration errors', () => {
       routing: {
         endpoints: [
           { name: 'a', type: 'kinesis' },
-          { name: 'A', type: 'kinesis' },
+          { name: 'A', type: 'sqs' },
         ],
         routes: [route('r', ['missing']), route('s', ['a'], "name = 'x")],
       },
@@ -308,41 +632,24 @@ describe('hub.routing configuration errors', () => {
   });
 
   it('refuses a custom endpoint named events, an unknown type and an unknown key', () => {
-    expect(configError({ routing: { endpoints: [{ name: 'Events', type: 'kinesis' }] } })).toContain(
+    expect(configError({ routing: { endpoints: [{ name: 'Events', type: 'sqs' }] } })).toContain(
       'hub.routing.endpoints.0.name:',
     );
-    expect(configError({ routing: { endpoints: [{ name: 'q', type: 'sqs' }] } })).toContain(
+    expect(configError({ routing: { endpoints: [{ name: 'q', type: 'kafka' }] } })).toContain(
       'hub.routing.endpoints.0.type:',
+    );
+    expect(configError({ routing: { endpoints: [{ name: 'q', type: 'sqs', retentionDays: 3 }] } })).toContain(
+      'hub.routing.endpoints.0.retentionDays: unknown key',
     );
     expect(configError({ routing: { route: [] } })).toContain('hub.routing.route: unknown key');
   });
 
-  it('refuses a stream retention outside 1-365 days', () => {
+  it('refuses a stream retention outside 1-365 days and an S3 chunk size out of range', () => {
     expect(
       configError({ routing: { endpoints: [{ name: 'e', type: 'kinesis', retentionDays: 366 }] } }),
     ).toContain('hub.routing.endpoints.0.retentionDays');
-  });
-
-  it("refuses a routing configuration that does not fit the router's environment", () => {
-    const config = parseHubConfig({
-      routing: {
-        routes: Array.from({ length: 40 }, (_, i) =>
-          route(
-            `route-${i}`,
-            ['events'],
-            `$body.temperature > ${i} AND level = 'critical-${'x'.repeat(40)}'`,
-          ),
-        ),
-      },
-    });
-    expect(() => routingEnvironment(config)).toThrow(
-      new RegExp(
-        `^hub\\.routing: the routing configuration is \\d+ bytes as JSON.*allows ${LAMBDA_ENVIRONMENT_BYTES}`,
-      ),
-    );
-    expect(() => synthHub({ routing: config.routing })).toThrow(/^hub\.routing: /);
-    expect(routingEnvironment(parseHubConfig(ROUTED), ['hot-path'])).toBe(
-      JSON.stringify({ hubName: 'routing-hub', routing: parseHubConfig(ROUTED).routing }),
-    );
+    expect(
+      configError({ routing: { endpoints: [{ name: 'b', type: 's3', maxChunkSizeInBytes: 1 }] } }),
+    ).toContain('hub.routing.endpoints.0.maxChunkSizeInBytes');
   });
 });

@@ -1,13 +1,8 @@
-import { writeFileSync } from 'node:fs';
-import * as path from 'node:path';
-import { App } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildHub, HUB_STACK_ID } from '../../lib/app.ts';
-import { parseHubConfig } from '../../lib/config.ts';
 import { readJsonStream } from '../support/built-in.ts';
 import { C2dTestDevice } from '../support/c2d-device.ts';
 import { type DeviceCredentials, registerDevice, sasCredentials, service } from '../support/devices.ts';
-import { type HubProcess, startHubProcess, tempDataDir } from '../support/hub-process.ts';
+import { type HubProcess, startHubProcess, tempDataDir, testTemplate } from '../support/hub-process.ts';
 
 // Functional tests run with a lock long enough that a loaded machine never lapses one by accident;
 // the lapse, dead-letter, race and crash tests use a short lock and sweep so those happen in seconds.
@@ -17,19 +12,12 @@ const MAX_DELIVERIES = 3;
 
 const templates = new Map<number, string>();
 /** The stack synthesized with test C2D settings, written once per lock timeout. */
-function testTemplate(lockTimeoutMs: number): string {
+function c2dTemplate(lockTimeoutMs: number): string {
   const cached = templates.get(lockTimeoutMs);
   if (cached !== undefined) return cached;
-  const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
-  buildHub(
-    app,
-    parseHubConfig({
-      c2d: { lockTimeoutMs, sweepIntervalMs: 1_000, maxDeliveryCount: MAX_DELIVERIES, maxInFlight: 5 },
-    }),
-  );
-  const template = app.synth().getStackByName(HUB_STACK_ID).template as unknown;
-  const file = path.join(tempDataDir('c2d-template-'), 'c2d.template.json');
-  writeFileSync(file, JSON.stringify(template));
+  const file = testTemplate({
+    c2d: { lockTimeoutMs, sweepIntervalMs: 1_000, maxDeliveryCount: MAX_DELIVERIES, maxInFlight: 5 },
+  });
   templates.set(lockTimeoutMs, file);
   return file;
 }
@@ -37,7 +25,7 @@ function testTemplate(lockTimeoutMs: number): string {
 function startC2dHub(dataDir?: string, lockTimeoutMs = LOCK_MS): Promise<HubProcess> {
   return startHubProcess({
     ...(dataDir ? { dataDir } : {}),
-    args: [`--template=${testTemplate(lockTimeoutMs)}`],
+    args: [`--template=${c2dTemplate(lockTimeoutMs)}`],
   });
 }
 

@@ -1,17 +1,13 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
-import * as path from 'node:path';
+import { readFileSync } from 'node:fs';
 import { ScanCommand } from '@aws-sdk/client-dynamodb';
 import { IoTDataPlaneClient, PublishCommand } from '@aws-sdk/client-iot-data-plane';
-import { App } from 'aws-cdk-lib';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildHub, HUB_STACK_ID } from '../../lib/app.ts';
-import { parseHubConfig } from '../../lib/config.ts';
 import { LOCAL_CREDENTIALS, localDynamoClient } from '../../local/emulators.ts';
 import { type ReadRecord, waitForRecords } from '../support/built-in.ts';
 import { registerDevice } from '../support/devices.ts';
-import { type HubProcess, startHubProcess, tempDataDir } from '../support/hub-process.ts';
+import { type HubProcess, startHubProcess, startHubWith, tempDataDir } from '../support/hub-process.ts';
 
 function hasCommand(name: string): boolean {
   try {
@@ -342,13 +338,7 @@ describe('crash and restart', () => {
 
 describe('the local hub follows the synthesized template', () => {
   it('uses a changed ingest topic filter from a test stack, with no local code edited', async () => {
-    const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
-    buildHub(app, parseHubConfig({ d2cTopicFilter: 'devices/+/messages/events/priority=high' }));
-    const template = app.synth().getStackByName(HUB_STACK_ID).template as unknown;
-    const dir = tempDataDir();
-    const file = path.join(dir, 'test-stack.template.json');
-    writeFileSync(file, JSON.stringify(template));
-    const hub = await startHubProcess({ dataDir: path.join(dir, 'data'), args: [`--template=${file}`] });
+    const hub = await startHubWith({ d2cTopicFilter: 'devices/+/messages/events/priority=high' });
     try {
       const device = await mqtt.connectAsync(hub.endpoints.mqtt, {
         ...(await registerDevice(hub.endpoints, 'filter-1')),

@@ -16,6 +16,7 @@ function fn(logicalId: string, fixture: string, extra: Partial<LocalFunction> = 
     entry: `test/fixtures/functions/${fixture}.ts`,
     environment: {},
     timeoutSeconds: 2,
+    files: {},
     ...extra,
   };
 }
@@ -57,6 +58,51 @@ interface SlowResult {
 }
 
 describe('LambdaRunner', () => {
+  it("writes each function's bundled files to a folder of its own, its LAMBDA_TASK_ROOT, afresh at every start", async () => {
+    const codeDir = mkdtempSync(path.join(tmpdir(), 'runner-code-'));
+    try {
+      const big = 'x'.repeat(200_000);
+      const first = new LambdaRunner(
+        [
+          fn('ReaderA', 'read-file', { files: { 'routing.json': '{"a":1}', 'big.txt': big } }),
+          fn('ReaderB', 'read-file', { files: { 'routing.json': '{"b":2}' } }),
+        ],
+        PROJECT_ROOT,
+        BASE_ENV,
+        () => {},
+        codeDir,
+      );
+      runners.push(first);
+      const a = (await first.invoke('ReaderA', { name: 'routing.json' })) as {
+        root: string;
+        content: string;
+      };
+      const b = (await first.invoke('ReaderB', { name: 'routing.json' })) as {
+        root: string;
+        content: string;
+      };
+      expect(a).toEqual({ root: path.join(codeDir, 'ReaderA'), content: '{"a":1}' });
+      expect(b).toEqual({ root: path.join(codeDir, 'ReaderB'), content: '{"b":2}' });
+      expect(((await first.invoke('ReaderA', { name: 'big.txt' })) as { content: string }).content).toBe(big);
+      await first.close();
+      // A later template without big.txt: the old file must not linger.
+      const second = new LambdaRunner(
+        [fn('ReaderA', 'read-file', { files: { 'routing.json': '{"a":2}' } })],
+        PROJECT_ROOT,
+        BASE_ENV,
+        () => {},
+        codeDir,
+      );
+      runners.push(second);
+      expect(
+        ((await second.invoke('ReaderA', { name: 'routing.json' })) as { content: string }).content,
+      ).toBe('{"a":2}');
+      expect(existsSync(path.join(codeDir, 'ReaderA', 'big.txt'))).toBe(false);
+    } finally {
+      rmSync(codeDir, { recursive: true, force: true });
+    }
+  });
+
   it('gives each function its own environment plus the base environment, and passes the event', async () => {
     const previous = process.env.PARENT_ONLY_VAR;
     process.env.PARENT_ONLY_VAR = 'leak';

@@ -1,10 +1,13 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { parseHubConfig } from '../../lib/config.ts';
+import { FILES_METADATA_KEY } from '../../lib/hub-function.ts';
 import { synthHubTemplate } from '../../local/synth.ts';
 import {
   type CfnTemplate,
   type LocalModel,
+  QUEUE_URL_PLACEHOLDER,
   readTemplate,
+  substituteQueueUrls,
   UnsupportedTemplateError,
 } from '../../local/template.ts';
 
@@ -207,7 +210,13 @@ describe('readTemplate on hand-written templates', () => {
       { logicalId: 'BigStream', name: 'stk-BigStream', arn: `${ARN_PREFIX}stk-BigStream`, shardCount: 4 },
     ]);
     expect(model.queues).toEqual([
-      { logicalId: 'Queue', name: 'stk-Queue', arn: 'arn:aws:sqs:us-east-1:000000000000:stk-Queue' },
+      {
+        logicalId: 'Queue',
+        name: 'stk-Queue',
+        arn: 'arn:aws:sqs:us-east-1:000000000000:stk-Queue',
+        fifo: false,
+        attributes: {},
+      },
     ]);
     expect(model.rules).toEqual([]);
     expect(model.kinesisMappings).toEqual([]);
@@ -228,11 +237,11 @@ describe('readTemplate on hand-written templates', () => {
       STREAM_ARN: `${ARN_PREFIX}stk-Stream`,
       STREAM_ARN_DOTTED: `${ARN_PREFIX}stk-Stream`,
       TABLE_STREAM: 'arn:aws:dynamodb:us-east-1:000000000000:table/stk-Table/stream/local',
-      QUEUE_URL: 'local-queue://stk-Queue',
+      QUEUE_URL: `${QUEUE_URL_PLACEHOLDER}stk-Queue`,
       JOINED: 'a/us-east-1/stk-Stream',
       SUB: 'arn:aws:s3:::stk-000000000000-us-east-1',
       SUB_REF: `stk-Table|${ARN_PREFIX}stk-Stream|amazonaws.com`,
-      SUB_VARS: 'local-queue://stk-Queue-xy',
+      SUB_VARS: `${QUEUE_URL_PLACEHOLDER}stk-Queue-xy`,
       SELECTED: 'aws',
       NUMBER: '42',
       PLAIN: 'plain',
@@ -287,13 +296,15 @@ describe('readTemplate on hand-written templates', () => {
         {
           Resources: {
             Queue: { Type: 'AWS::SQS::Queue' },
-            Fn: fnResource({ Environment: { Variables: { X: { 'Fn::GetAtt': ['Queue', 'QueueName'] } } } }),
+            Fn: fnResource({
+              Environment: { Variables: { X: { 'Fn::GetAtt': ['Queue', 'DeadLetterArn'] } } },
+            }),
           },
         },
         'stk',
       ),
     );
-    expect(attMessage).toContain('Queue.QueueName');
+    expect(attMessage).toContain('Queue.DeadLetterArn');
   });
 
   // BUG (local/template.ts, `const props = (resolve(r.Properties ?? {}, id) ...` at the top of the
@@ -322,7 +333,114 @@ describe('readTemplate on hand-written templates', () => {
       },
       'stk',
     );
-    expect(model.functions[0]?.environment.BUCKET).toBe('stk-Bucket');
+    // Bucket names are lower case.
+    expect(model.functions[0]?.environment.BUCKET).toBe('stk-bucket');
+  });
+
+  it('reads the endpoint resources: FIFO and standard queues with their attributes, topics, buckets, event buses', () => {
+    const model = readTemplate(
+      {
+        Resources: {
+          Dlq: { Type: 'AWS::SQS::Queue', Properties: { MessageRetentionPeriod: 1209600 } },
+          Fifo: {
+            Type: 'AWS::SQS::Queue',
+            Properties: {
+              FifoQueue: true,
+              RedrivePolicy: { deadLetterTargetArn: { 'Fn::GetAtt': ['Dlq', 'Arn'] }, maxReceiveCount: 10 },
+            },
+          },
+          Topic: { Type: 'AWS::SNS::Topic', Properties: { FifoTopic: true } },
+          PlainTopic: { Type: 'AWS::SNS::Topic' },
+          Archive: { Type: 'AWS::S3::Bucket' },
+          Bus: { Type: 'AWS::Events::EventBus', Properties: { Name: 'generated-bus-name' } },
+          Fn: fnResource({
+            Environment: {
+              Variables: {
+                FIFO_URL: { Ref: 'Fifo' },
+                FIFO_NAME: { 'Fn::GetAtt': ['Fifo', 'QueueName'] },
+                TOPIC: { Ref: 'Topic' },
+                TOPIC_NAME: { 'Fn::GetAtt': ['Topic', 'TopicName'] },
+                BUCKET_ARN: { 'Fn::GetAtt': ['Archive', 'Arn'] },
+                BUS: { Ref: 'Bus' },
+                BUS_ARN: { 'Fn::GetAtt': ['Bus', 'Arn'] },
+              },
+            },
+          }),
+        },
+      },
+      'stk',
+    );
+    expect(model.queues).toEqual([
+      {
+        logicalId: 'Dlq',
+        name: 'stk-Dlq',
+        arn: 'arn:aws:sqs:us-east-1:000000000000:stk-Dlq',
+        fifo: false,
+        attributes: { MessageRetentionPeriod: '1209600' },
+      },
+      {
+        logicalId: 'Fifo',
+        name: 'stk-Fifo.fifo',
+        arn: 'arn:aws:sqs:us-east-1:000000000000:stk-Fifo.fifo',
+        fifo: true,
+        attributes: {
+          FifoQueue: 'true',
+          RedrivePolicy: JSON.stringify({
+            deadLetterTargetArn: 'arn:aws:sqs:us-east-1:000000000000:stk-Dlq',
+            maxReceiveCount: 10,
+          }),
+        },
+      },
+    ]);
+    expect(model.topics).toEqual([
+      {
+        logicalId: 'Topic',
+        name: 'stk-Topic.fifo',
+        arn: 'arn:aws:sns:us-east-1:000000000000:stk-Topic.fifo',
+        fifo: true,
+      },
+      {
+        logicalId: 'PlainTopic',
+        name: 'stk-PlainTopic',
+        arn: 'arn:aws:sns:us-east-1:000000000000:stk-PlainTopic',
+        fifo: false,
+      },
+    ]);
+    expect(model.buckets).toEqual([{ logicalId: 'Archive', name: 'stk-archive' }]);
+    expect(model.eventBuses).toEqual([
+      { logicalId: 'Bus', name: 'stk-Bus', arn: 'arn:aws:events:us-east-1:000000000000:event-bus/stk-Bus' },
+    ]);
+    expect(model.functions[0]?.environment).toEqual({
+      FIFO_URL: `${QUEUE_URL_PLACEHOLDER}stk-Fifo.fifo`,
+      FIFO_NAME: 'stk-Fifo.fifo',
+      TOPIC: 'arn:aws:sns:us-east-1:000000000000:stk-Topic.fifo',
+      TOPIC_NAME: 'stk-Topic.fifo',
+      BUCKET_ARN: 'arn:aws:s3:::stk-archive',
+      BUS: 'stk-Bus',
+      BUS_ARN: 'arn:aws:events:us-east-1:000000000000:event-bus/stk-Bus',
+    });
+    // The hub swaps the placeholder for the emulator's URL once it listens.
+    expect(
+      substituteQueueUrls(
+        `a ${QUEUE_URL_PLACEHOLDER}stk-Fifo.fifo b`,
+        (name) => `http://sqs:1/000000000000/${name}`,
+      ),
+    ).toBe('a http://sqs:1/000000000000/stk-Fifo.fifo b');
+  });
+
+  it("reads a function's bundled files from its metadata", () => {
+    const model = readTemplate(
+      {
+        Resources: {
+          Fn: {
+            ...fnResource({}),
+            Metadata: { [ENTRY]: 'functions/echo.ts', [FILES_METADATA_KEY]: { 'routing.json': '{}' } },
+          },
+        },
+      },
+      'stk',
+    );
+    expect(model.functions[0]?.files).toEqual({ 'routing.json': '{}' });
   });
 
   const ruleTemplate = (actions: unknown[], extra: Record<string, unknown> = {}): CfnTemplate => ({
@@ -369,6 +487,8 @@ describe('readTemplate on hand-written templates', () => {
     expect(model.rules).toEqual([
       {
         logicalId: 'Rule',
+        // The rule's name as Basic Ingest topics carry it: IoT allows only letters, digits and '_'.
+        name: 'stk_Rule',
         sql: "SELECT * FROM 'devices/+/events'",
         disabled: true,
         actions: [

@@ -1,8 +1,11 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
+import { App } from 'aws-cdk-lib';
+import { buildHub, HUB_STACK_ID } from '../../lib/app.ts';
+import { type HubConfigInput, parseHubConfig } from '../../lib/config.ts';
 import { PROJECT_ROOT } from '../../lib/hub-function.ts';
 import type { LocalHubEndpoints } from '../../local/hub.ts';
 
@@ -42,6 +45,9 @@ const ZERO_PORTS = [
   '--kinesis-port=0',
   '--data-plane-port=0',
   '--service-api-port=0',
+  '--http-publish-port=0',
+  '--aws-services-port=0',
+  '--eventbridge-port=0',
 ];
 
 // Hubs still running when the test process exits (a test failed before it stopped its hub) are
@@ -131,4 +137,24 @@ export async function startHubProcess(options: StartOptions = {}): Promise<HubPr
       return exited;
     },
   };
+}
+
+/**
+ * Synthesizes the hub stack with `config` (bundling skipped, as the local hub runs the sources) and
+ * writes its template to a file under a fresh temp directory; returns the file's path.
+ */
+export function testTemplate(config: HubConfigInput): string {
+  const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+  buildHub(app, parseHubConfig(config));
+  const file = path.join(tempDataDir('template-'), 'hub.template.json');
+  writeFileSync(file, JSON.stringify(app.synth().getStackByName(HUB_STACK_ID).template));
+  return file;
+}
+
+/** Starts a hub process on the stack synthesized with `config` (see {@link testTemplate}). */
+export function startHubWith(config: HubConfigInput, options: StartOptions = {}): Promise<HubProcess> {
+  return startHubProcess({
+    ...options,
+    args: [`--template=${testTemplate(config)}`, ...(options.args ?? [])],
+  });
 }

@@ -5,6 +5,7 @@ import type {
   DeadLetter,
   DeadLetterStore,
   Log,
+  SinkLimits,
   StreamEntry,
   StreamSink,
 } from '../../functions/core/ports.ts';
@@ -513,5 +514,104 @@ describe('routeBatch: routes, fallback and enrichments', () => {
     const result = await routeBatch([routable('d1', 'x', 'level=critical', {})], d);
     expect(result).toEqual({ delivered: 0, deadLettered: 1 });
     expect(letters.letters[0]?.code).toBe('UnknownEndpoint');
+  });
+});
+
+describe('routeBatch: sink limits', () => {
+  /** A {@link FakeSink} that declares limits. */
+  class LimitedSink extends FakeSink {
+    constructor(
+      readonly limits: SinkLimits,
+      accept?: (entry: StreamEntry, call: number) => boolean,
+    ) {
+      super(accept);
+    }
+  }
+  const roomy = { maxBytes: 1024 * 1024, maxEntryBytes: 1024 * 1024 };
+
+  it('sends calls of at most maxEntries with one entry per device, in per-device order', async () => {
+    const sink = new LimitedSink({ maxEntries: 10, ...roomy });
+    const devices = Array.from({ length: 25 }, (_, i) => `d${i}`);
+    const result = await routeBatch(interleaved(devices, 3), deps(sink).deps);
+    expect(result).toEqual({ delivered: 75, deadLettered: 0 });
+    expect(sink.calls.flat()).toHaveLength(75);
+    expect(Math.max(...sink.calls.map((c) => c.length))).toBe(10);
+    for (const call of sink.calls) {
+      const keys = call.map((e) => e.partitionKey);
+      expect(new Set(keys).size).toBe(keys.length);
+    }
+    for (const d of devices) expect(sink.idsOf(d)).toEqual(range(d, 3));
+  });
+
+  it('cuts calls at maxBytes', async () => {
+    const sink = new LimitedSink({ maxEntries: 10, maxBytes: 1000, maxEntryBytes: 1000 });
+    const result = await routeBatch(interleaved(['a', 'b', 'c', 'd'], 1), deps(sink).deps);
+    expect(result).toEqual({ delivered: 4, deadLettered: 0 });
+    for (const call of sink.calls)
+      expect(call.reduce((n, e) => n + e.data.length, 0)).toBeLessThanOrEqual(1000);
+    expect(sink.calls.length).toBeGreaterThan(1);
+  });
+
+  it("gives an atomic sink each device's whole run in one call, in order", async () => {
+    const sink = new LimitedSink({ maxEntries: 100, ...roomy, atomic: true });
+    const result = await routeBatch(interleaved(['a', 'b', 'c'], 5), deps(sink).deps);
+    expect(result).toEqual({ delivered: 15, deadLettered: 0 });
+    expect(sink.calls).toHaveLength(1);
+    const ids = sink.calls[0]!.map((e) => decodeEnvelope(e.data).messageId);
+    expect(ids).toEqual([...range('a', 5), ...range('b', 5), ...range('c', 5)]);
+  });
+
+  it('splits an atomic sink’s runs at maxEntries, keeping per-device order, and resends a failed call whole', async () => {
+    // The first call fails whole; every later one is written.
+    const sink = new LimitedSink({ maxEntries: 4, ...roomy, atomic: true }, (_, call) => call !== 0);
+    const result = await routeBatch(interleaved(['a', 'b'], 3), deps(sink).deps);
+    expect(result).toEqual({ delivered: 6, deadLettered: 0 });
+    // The failed first call is sent again unchanged (an S3 object is rewritten, not duplicated).
+    expect(sink.calls[1]).toEqual(sink.calls[0]);
+    for (const call of sink.calls) expect(call.length).toBeLessThanOrEqual(4);
+    expect(sink.idsOf('a')).toEqual(range('a', 3));
+    expect(sink.idsOf('b')).toEqual(range('b', 3));
+  });
+
+  it('dead-letters an envelope over maxEntryBytes for that endpoint only; the others still get it', async () => {
+    const builtIn = new FakeSink();
+    const small = new LimitedSink({ maxEntries: 10, maxBytes: 1000, maxEntryBytes: 1000 });
+    const big = new FakeSink();
+    const letters = new FakeDeadLetters();
+    const d: RouterDeps = {
+      ...deps(builtIn, letters).deps,
+      endpoints: { small, big },
+      routing: routing({
+        endpoints: [
+          { name: 'small', type: 'kinesis' },
+          { name: 'big', type: 'kinesis' },
+        ],
+        routes: [
+          { name: 'to-small', condition: 'true', endpointNames: ['small'] },
+          { name: 'to-big', condition: 'true', endpointNames: ['big'] },
+        ],
+      }),
+    };
+    const records = [
+      routable('d1', 'tiny-0', '', { n: 0 }),
+      routable('d1', 'huge', '', { blob: 'x'.repeat(2000) }),
+      routable('d1', 'tiny-1', '', { n: 1 }),
+    ];
+    const result = await routeBatch(records, d);
+
+    expect(result).toEqual({ delivered: 3, deadLettered: 1 });
+    expect(small.writtenIds).toEqual(['tiny-0', 'tiny-1']);
+    expect(big.writtenIds).toEqual(['tiny-0', 'huge', 'tiny-1']);
+    expect(builtIn.written).toEqual([]);
+    expect(letters.letters).toHaveLength(1);
+    expect(letters.letters[0]).toMatchObject({
+      code: 'EndpointMessageTooLarge',
+      deviceId: 'd1',
+      id: 'ingest-huge@small',
+      source: 'router',
+    });
+    expect(letters.letters[0]?.reason).toContain("endpoint 'small' takes at most 1000");
+    const kept = Buffer.from(letters.letters[0]!.record, 'utf8');
+    expect(kept.equals(Buffer.from(records[1]!.data))).toBe(true);
   });
 });

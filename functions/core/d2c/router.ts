@@ -1,8 +1,16 @@
 import { HubError } from '../errors.ts';
-import type { DeadLetter, DeadLetterStore, Log, StreamEntry, StreamSink } from '../ports.ts';
+import {
+  type DeadLetter,
+  type DeadLetterStore,
+  KINESIS_LIMITS,
+  type Log,
+  type StreamEntry,
+  type StreamSink,
+} from '../ports.ts';
 import { BUILT_IN_ENDPOINT, DEFAULT_ROUTING } from '../routing/config.ts';
 import { type CompiledRouting, compileRouting } from '../routing/table.ts';
-import { buildEnvelope, type EnvelopeLimits, IngestRecordSchema } from './envelope.ts';
+import type { EnvelopeLimits } from './envelope.ts';
+import { parseIngestRecord, recordIds, toRoutableMessage } from './events.ts';
 
 /** A record as the router receives it from its source stream. */
 export interface SourceRecord {
@@ -14,13 +22,15 @@ export interface SourceRecord {
 export interface RouterDeps {
   /** The built-in endpoint (`events`). */
   readonly builtIn: StreamSink;
-  /** Custom endpoints by name (Kinesis streams keyed by device id, like the built-in endpoint). @default {} */
+  /** Custom endpoints by name (Kinesis, SQS, SNS, S3, EventBridge sinks). @default {} */
   readonly endpoints?: Readonly<Record<string, StreamSink>>;
   /** Routes, fallback and enrichments. @default every message to the built-in endpoint */
   readonly routing?: CompiledRouting;
   readonly deadLetters: DeadLetterStore;
   readonly log: Log;
   readonly limits: EnvelopeLimits;
+  /** The hub's name, the `hubName` property of lifecycle and connection state events. @default 'serverless-iot-hub' */
+  readonly hubName?: string;
   /** Calls in a row that write nothing before the batch is handed back to the event source. @default 4 */
   readonly maxAttempts?: number;
   /** First backoff delay, doubled per attempt. @default 100 */
@@ -35,7 +45,10 @@ export interface RouteResult {
   readonly delivered: number;
   /** Records written to the dead-letter store. */
   readonly deadLettered: number;
-  /** Messages that matched no route with the fallback route off: dropped, as IoT Hub drops them. Absent when 0. */
+  /**
+   * Messages that matched no route with the fallback route off, and lifecycle / connection state events
+   * no route takes (the fallback route takes device messages only): dropped, as IoT Hub drops them. Absent when 0.
+   */
   readonly unrouted?: number;
   /**
    * The sequence number of the first record that is not yet safe, when there is one: the event
@@ -45,10 +58,6 @@ export interface RouteResult {
   readonly retryFrom?: string;
 }
 
-// Kinesis PutRecords: at most 500 records and 5 MiB per call.
-const MAX_ENTRIES_PER_CALL = 500;
-const MAX_BYTES_PER_CALL = 5 * 1024 * 1024;
-
 interface Pending {
   readonly index: number;
   readonly entry: StreamEntry;
@@ -56,7 +65,8 @@ interface Pending {
 
 const defaultSleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-const DEFAULT_COMPILED = compileRouting(DEFAULT_ROUTING, 'serverless-iot-hub');
+const DEFAULT_HUB_NAME = 'serverless-iot-hub';
+const DEFAULT_COMPILED = compileRouting(DEFAULT_ROUTING, DEFAULT_HUB_NAME);
 
 /**
  * Routes one batch from the ingest stream: builds an envelope per record, evaluates the routes
@@ -84,21 +94,23 @@ export async function routeBatch(records: readonly SourceRecord[], deps: RouterD
     let deviceId = 'unknown';
     let id = record.sequenceNumber;
     try {
-      const parsed = IngestRecordSchema.safeParse(JSON.parse(text));
-      if (!parsed.success) {
-        throw new HubError(
-          'InvalidIngestRecord',
-          `ingest record does not match the schema: ${parsed.error.message}`,
-        );
-      }
-      deviceId = parsed.data.clientId || 'unknown';
-      id = parsed.data.ingestId;
-      const envelope = buildEnvelope(parsed.data, deps.limits);
-      const targets = routing.endpointsFor({
-        systemProperties: envelope.systemProperties,
-        properties: envelope.properties,
-        body: routing.usesBody ? Buffer.from(parsed.data.body ?? '', 'base64') : EMPTY,
+      // Telemetry, device lifecycle and connection state records (`kind`, see events.ts).
+      const parsed = parseIngestRecord(JSON.parse(text));
+      ({ deviceId, ingestId: id } = recordIds(parsed));
+      deviceId ||= 'unknown';
+      const { envelope, source, body } = toRoutableMessage(parsed, {
+        limits: deps.limits,
+        hubName: deps.hubName ?? DEFAULT_HUB_NAME,
       });
+      const targets = routing.endpointsFor(
+        {
+          systemProperties: envelope.systemProperties,
+          properties: envelope.properties,
+          body: routing.usesBody ? body : EMPTY,
+        },
+        source,
+      );
+      // Unrouted: dropped and counted, as IoT Hub drops them (events never take the fallback route).
       if (targets.length === 0) unrouted++;
       for (const endpoint of targets) {
         if (sinkOf(endpoint) === undefined) {
@@ -114,9 +126,26 @@ export async function routeBatch(records: readonly SourceRecord[], deps: RouterD
         const data = Buffer.from(
           JSON.stringify(properties === envelope.properties ? envelope : { ...envelope, properties }),
         );
+        const limit = (sinkOf(endpoint)?.limits ?? KINESIS_LIMITS).maxEntryBytes;
+        if (data.length > limit) {
+          // Too large for this endpoint, ever: dead-lettered for it alone; the other endpoints get it.
+          const reason = `the envelope is ${data.length} bytes; endpoint '${endpoint}' takes at most ${limit}`;
+          deps.log.warn('d2c message dead-lettered', {
+            deviceId,
+            id,
+            code: 'EndpointMessageTooLarge',
+            reason,
+          });
+          letters.push({ index, letter: letterOf(`${id}@${endpoint}`, 'EndpointMessageTooLarge', reason) });
+          continue;
+        }
         const byDevice = queues.get(endpoint) ?? new Map<string, Pending[]>();
         const queue = byDevice.get(envelope.deviceId) ?? [];
-        queue.push({ index, entry: { partitionKey: envelope.deviceId, data } });
+        const messageSource = envelope.systemProperties['iothub-message-source'];
+        queue.push({
+          index,
+          entry: { partitionKey: envelope.deviceId, data, id, ...(messageSource ? { messageSource } : {}) },
+        });
         byDevice.set(envelope.deviceId, queue);
         queues.set(endpoint, byDevice);
       }
@@ -124,20 +153,21 @@ export async function routeBatch(records: readonly SourceRecord[], deps: RouterD
       const code = error instanceof HubError ? error.code : 'UndecodableRecord';
       const reason = error instanceof Error ? error.message : String(error);
       deps.log.warn('d2c message dead-lettered', { deviceId, id, code, reason });
-      letters.push({
-        index,
-        letter: {
-          deviceId,
-          id,
-          source: 'router',
-          code,
-          reason,
-          at: now().toISOString(),
-          ...(Buffer.from(text, 'utf8').equals(raw)
-            ? { record: text, recordEncoding: 'utf8' as const }
-            : { record: raw.toString('base64'), recordEncoding: 'base64' as const }),
-        },
-      });
+      letters.push({ index, letter: letterOf(id, code, reason) });
+    }
+
+    function letterOf(letterId: string, code: string, reason: string): DeadLetter {
+      return {
+        deviceId,
+        id: letterId,
+        source: 'router',
+        code,
+        reason,
+        at: now().toISOString(),
+        ...(Buffer.from(text, 'utf8').equals(raw)
+          ? { record: text, recordEncoding: 'utf8' as const }
+          : { record: raw.toString('base64'), recordEncoding: 'base64' as const }),
+      };
     }
   });
 
@@ -178,7 +208,12 @@ export async function routeBatch(records: readonly SourceRecord[], deps: RouterD
 
 const EMPTY = new Uint8Array();
 
-/** Writes one endpoint's queued entries layer by layer; returns how many were written. Leaves unwritten ones queued. */
+/**
+ * Writes one endpoint's queued entries call by call, within the sink's limits; returns how many were
+ * written and leaves the rest queued. A call takes the head of each device's queue (all of a
+ * device's run that fits, for an atomic sink), so a device's next entry is sent only after the one
+ * before it is written.
+ */
 async function writeOrdered(
   endpoint: string,
   sink: StreamSink,
@@ -188,17 +223,19 @@ async function writeOrdered(
   const maxAttempts = deps.maxAttempts ?? 4;
   const baseDelayMs = deps.baseDelayMs ?? 100;
   const sleep = deps.sleep ?? defaultSleep;
+  const limits = sink.limits ?? KINESIS_LIMITS;
   let written = 0;
   let attempt = 0;
   for (;;) {
     const layer: Pending[] = [];
     let bytes = 0;
-    for (const queue of queues.values()) {
-      const head = queue[0];
-      if (head === undefined) continue;
-      if (layer.length === MAX_ENTRIES_PER_CALL || bytes + head.entry.data.length > MAX_BYTES_PER_CALL) break;
-      layer.push(head);
-      bytes += head.entry.data.length;
+    fill: for (const queue of queues.values()) {
+      for (const pending of limits.atomic ? queue : queue.slice(0, 1)) {
+        if (layer.length === limits.maxEntries || bytes + pending.entry.data.length > limits.maxBytes)
+          break fill;
+        layer.push(pending);
+        bytes += pending.entry.data.length;
+      }
     }
     if (layer.length === 0) return written;
     let results: readonly boolean[];

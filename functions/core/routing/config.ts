@@ -4,10 +4,17 @@ import { compileRouteCondition } from './query.ts';
 
 /** Name of the built-in endpoint in routes, as in IoT Hub. */
 export const BUILT_IN_ENDPOINT = 'events';
-/** Environment variable carrying {@link RoutingConfig} (JSON) into the router. */
-export const ROUTING_ENV = 'ROUTING';
-/** Environment variable carrying the custom Kinesis endpoints' stream names (JSON `{ name: streamName }`). */
-export const ENDPOINT_STREAMS_ENV = 'ENDPOINT_STREAMS';
+/**
+ * File, in the function's code directory (`LAMBDA_TASK_ROOT`), carrying {@link RouterRouting} as
+ * JSON into the router. A file, not an environment variable: 100 routes with long conditions do not
+ * fit in Lambda's 4 KB of environment.
+ */
+export const ROUTING_FILE = 'routing.json';
+/**
+ * Environment variable carrying the routed custom endpoints' targets, known only at deploy time
+ * (JSON `{ name: { type, target } }`, see {@link EndpointTarget}).
+ */
+export const ENDPOINTS_ENV = 'ENDPOINTS';
 
 /** IoT Hub's limits. */
 export const MAX_ROUTES = 100;
@@ -19,28 +26,83 @@ const name = z.string().regex(NAME, '1-64 letters, digits, hyphens or underscore
 // Enrichment keys become application property names.
 const PROPERTY_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,128}$/;
 
-/**
- * A custom endpoint. Only Kinesis data streams so far (the hub creates the stream; records are
- * envelopes keyed by device id, like the built-in endpoint); the `type` field leaves room for SQS,
- * SNS, S3 and EventBridge.
- */
-const endpointSchema = z.strictObject({
-  name: name.refine(
-    (n) => n.toLowerCase() !== BUILT_IN_ENDPOINT,
-    `'${BUILT_IN_ENDPOINT}' is the built-in endpoint`,
-  ),
-  type: z.literal('kinesis'),
-  /** Days the stream keeps records, 1-365. */
-  retentionDays: z.number().int().min(1).max(365).default(1),
-});
+const endpointName = name.refine(
+  (n) => n.toLowerCase() !== BUILT_IN_ENDPOINT,
+  `'${BUILT_IN_ENDPOINT}' is the built-in endpoint`,
+);
 
 /**
- * A route. Sources other than device telemetry (lifecycle, connection state, twin change events)
- * are not routed yet and are refused here rather than silently ignored.
+ * Smallest and largest S3 object the S3 endpoint writes (IoT Hub: 10-500 MB; a router batch is at
+ * most Lambda's 6 MB payload). The smallest still holds the largest envelope (a 256 KB body in base64).
+ */
+export const S3_MIN_CHUNK_BYTES = 512 * 1024;
+export const S3_MAX_CHUNK_BYTES = 5 * 1024 * 1024;
+
+/**
+ * A custom endpoint. The hub creates the resource behind it (no physical names) and the router
+ * writes each routed message to it as an envelope (`docs/envelope.md`):
+ *
+ * - `kinesis`: a data stream, partition key = device id (ordered per device, like the built-in endpoint);
+ * - `sqs`: a queue; `fifo: true` makes it a FIFO queue with the device id as message group (ordered per device);
+ * - `sns`: a topic; `fifo: true` makes it a FIFO topic with the device id as message group;
+ * - `s3`: a bucket; each router batch becomes objects of JSON lines or Avro (`format`), cut at
+ *   `maxChunkSizeInBytes`, under `{hubName}/{endpoint}/{YYYY}/{MM}/{DD}/{HH}/{mm}/…`;
+ * - `eventbridge`: a custom event bus; each message is an event with detail-type `Device Message`.
+ */
+const endpointSchema = z.discriminatedUnion('type', [
+  z.strictObject({
+    name: endpointName,
+    type: z.literal('kinesis'),
+    /** Days the stream keeps records, 1-365. */
+    retentionDays: z.number().int().min(1).max(365).default(1),
+  }),
+  z.strictObject({ name: endpointName, type: z.literal('sqs'), fifo: z.boolean().default(false) }),
+  z.strictObject({ name: endpointName, type: z.literal('sns'), fifo: z.boolean().default(false) }),
+  z.strictObject({
+    name: endpointName,
+    type: z.literal('s3'),
+    /** `json`: one envelope per line (JSON lines); `avro`: an Avro object container file (`docs/routing.md`). */
+    format: z.enum(['json', 'avro']).default('json'),
+    maxChunkSizeInBytes: z
+      .number()
+      .int()
+      .min(S3_MIN_CHUNK_BYTES)
+      .max(S3_MAX_CHUNK_BYTES)
+      .default(S3_MAX_CHUNK_BYTES),
+  }),
+  z.strictObject({ name: endpointName, type: z.literal('eventbridge') }),
+]);
+
+/** A custom endpoint's configuration. */
+export type EndpointConfig = z.output<typeof endpointSchema>;
+/** The custom endpoint types. */
+export type EndpointType = EndpointConfig['type'];
+
+/** Route sources, as IoT Hub names them. */
+export const ROUTE_SOURCES = [
+  'DeviceMessages',
+  'DeviceLifecycleEvents',
+  'DeviceConnectionStateEvents',
+] as const;
+export type RouteSource = (typeof ROUTE_SOURCES)[number];
+
+/**
+ * A route. `TwinChangeEvents` needs device twins, which the hub does not have yet: it is refused
+ * here rather than silently never matching.
  */
 const routeSchema = z.strictObject({
   name,
-  source: z.literal('DeviceMessages').default('DeviceMessages'),
+  source: z
+    .string()
+    .default('DeviceMessages')
+    .pipe(
+      z.enum(ROUTE_SOURCES, {
+        error: (issue) =>
+          issue.input === 'TwinChangeEvents'
+            ? 'TwinChangeEvents needs device twins, which the hub does not have yet'
+            : `expected one of ${ROUTE_SOURCES.join(', ')}`,
+      }),
+    ),
   /** IoT Hub routing query; empty or `true` matches everything. Compiled at synth time. */
   condition: z
     .string()
@@ -117,48 +179,69 @@ export type RoutingConfig = z.output<typeof routingConfigSchema>;
 /** No routes, fallback on: every message to the built-in endpoint. */
 export const DEFAULT_ROUTING: RoutingConfig = routingConfigSchema.parse({});
 
-/** What the router gets in {@link ROUTING_ENV}: the routing config and the hub name (for `$iothubname`). */
+/** What the router gets in {@link ROUTING_FILE}: the routing config and the hub name (for `$iothubname`). */
 export interface RouterRouting {
   readonly hubName: string;
   readonly routing: RoutingConfig;
 }
 
-/** Reads {@link ROUTING_ENV} at cold start; absent means {@link DEFAULT_ROUTING}. */
-export function routingFromEnv(env: NodeJS.ProcessEnv): RouterRouting {
-  const raw = env[ROUTING_ENV];
-  if (raw === undefined || raw === '') return { hubName: 'serverless-iot-hub', routing: DEFAULT_ROUTING };
+/**
+ * Parses the router's {@link ROUTING_FILE} content. Absent (`undefined`) means {@link DEFAULT_ROUTING}.
+ * @throws HubError `InvalidConfiguration` naming the bad field.
+ */
+export function parseRouterRouting(raw: string | undefined): RouterRouting {
+  if (raw === undefined) return { hubName: 'serverless-iot-hub', routing: DEFAULT_ROUTING };
   let json: { hubName?: unknown; routing?: unknown };
   try {
     json = JSON.parse(raw) as { hubName?: unknown; routing?: unknown };
   } catch {
-    throw new HubError('InvalidEnvironment', `environment variable ${ROUTING_ENV} is not JSON`, {
-      key: ROUTING_ENV,
-    });
+    throw new HubError('InvalidConfiguration', `${ROUTING_FILE} is not JSON`, { file: ROUTING_FILE });
   }
   const parsed = routingConfigSchema.safeParse(json.routing);
   if (!parsed.success || typeof json.hubName !== 'string') {
     const issue = parsed.success ? undefined : parsed.error.issues[0];
     throw new HubError(
-      'InvalidEnvironment',
-      `environment variable ${ROUTING_ENV}: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'hubName missing'}`,
-      { key: ROUTING_ENV },
+      'InvalidConfiguration',
+      `${ROUTING_FILE}: ${issue ? `routing.${issue.path.join('.')}: ${issue.message}` : 'hubName missing'}`,
+      { file: ROUTING_FILE },
     );
   }
   return { hubName: json.hubName, routing: parsed.data };
 }
 
-/** Reads {@link ENDPOINT_STREAMS_ENV}: custom endpoint name → Kinesis stream name. */
-export function endpointStreamsFromEnv(env: NodeJS.ProcessEnv): Record<string, string> {
-  const raw = env[ENDPOINT_STREAMS_ENV];
+/**
+ * Where the router writes one custom endpoint: the stream name (`kinesis`), queue URL (`sqs`),
+ * topic ARN (`sns`), bucket name (`s3`) or event bus name (`eventbridge`).
+ */
+export interface EndpointTarget {
+  readonly type: EndpointType;
+  readonly target: string;
+}
+
+const endpointTargetsSchema = z.record(
+  z.string(),
+  z.strictObject({
+    type: z.enum(['kinesis', 'sqs', 'sns', 's3', 'eventbridge']),
+    target: z.string().min(1),
+  }),
+);
+
+/** Reads {@link ENDPOINTS_ENV}: custom endpoint name → {@link EndpointTarget}. Absent means none. */
+export function endpointTargetsFromEnv(env: NodeJS.ProcessEnv): Record<string, EndpointTarget> {
+  const raw = env[ENDPOINTS_ENV];
   if (raw === undefined || raw === '') return {};
-  const parsed = z.record(z.string(), z.string().min(1)).safeParse(JSON.parse(raw));
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch {
+    json = undefined;
+  }
+  const parsed = endpointTargetsSchema.safeParse(json);
   if (!parsed.success) {
     throw new HubError(
       'InvalidEnvironment',
-      `environment variable ${ENDPOINT_STREAMS_ENV} must map names to stream names`,
-      {
-        key: ENDPOINT_STREAMS_ENV,
-      },
+      `environment variable ${ENDPOINTS_ENV} must map endpoint names to { type, target }`,
+      { key: ENDPOINTS_ENV },
     );
   }
   return parsed.data;

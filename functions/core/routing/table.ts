@@ -1,15 +1,17 @@
-import { BUILT_IN_ENDPOINT, type RoutingConfig } from './config.ts';
+import { BUILT_IN_ENDPOINT, type RouteSource, type RoutingConfig } from './config.ts';
 import type { RoutingMessage } from './message.ts';
 import { type CompiledRouteCondition, compileRouteCondition } from './query.ts';
 
 /** The routing configuration compiled once (at cold start): which endpoints a message goes to, and how it is enriched there. */
 export interface CompiledRouting {
   /**
-   * The endpoints `message` goes to, each once, in route order: every enabled route whose condition
-   * holds; when none does, the built-in endpoint (`events`) if the fallback route is on, else none
-   * (the message is dropped, as IoT Hub drops it).
+   * The endpoints `message` from `source` goes to, each once, in route order: every enabled route
+   * of that source whose condition holds; when none does, a device message goes to the built-in
+   * endpoint (`events`) if the fallback route is on, else nowhere (dropped, as IoT Hub drops it).
+   * The fallback route takes device messages only, as in IoT Hub: an unrouted lifecycle or
+   * connection-state event goes nowhere.
    */
-  endpointsFor(message: RoutingMessage): string[];
+  endpointsFor(message: RoutingMessage, source?: RouteSource): string[];
   /** Application properties of the message on `endpoint`: its own, with the endpoint's enrichments set over them. */
   enrich(endpoint: string, properties: Readonly<Record<string, string>>): Readonly<Record<string, string>>;
   /** Whether any enabled route reads `$body` (the router can skip decoding bodies otherwise). */
@@ -18,6 +20,7 @@ export interface CompiledRouting {
 
 interface CompiledRoute {
   readonly name: string;
+  readonly source: RouteSource;
   readonly endpoint: string;
   readonly condition: CompiledRouteCondition;
 }
@@ -32,9 +35,10 @@ interface CompiledRoute {
  */
 export function compileRouting(config: RoutingConfig, hubName: string): CompiledRouting {
   const routes: CompiledRoute[] = config.routes
-    .filter((r) => r.isEnabled && r.source === 'DeviceMessages')
+    .filter((r) => r.isEnabled)
     .map((r) => ({
       name: r.name,
+      source: r.source,
       endpoint: r.endpointNames[0] ?? BUILT_IN_ENDPOINT,
       condition: compileRouteCondition(r.condition),
     }));
@@ -51,12 +55,13 @@ export function compileRouting(config: RoutingConfig, hubName: string): Compiled
   const fallback = config.fallbackRoute.isEnabled;
   return {
     usesBody: routes.some((r) => r.condition.usesBody),
-    endpointsFor(message) {
+    endpointsFor(message, source = 'DeviceMessages') {
       const out: string[] = [];
       for (const route of routes) {
-        if (!out.includes(route.endpoint) && route.condition.evaluate(message)) out.push(route.endpoint);
+        if (route.source !== source || out.includes(route.endpoint)) continue;
+        if (route.condition.evaluate(message)) out.push(route.endpoint);
       }
-      if (out.length === 0 && fallback) out.push(BUILT_IN_ENDPOINT);
+      if (out.length === 0 && fallback && source === 'DeviceMessages') out.push(BUILT_IN_ENDPOINT);
       return out;
     },
     enrich(endpoint, properties) {
