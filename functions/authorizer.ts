@@ -1,12 +1,14 @@
-import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { dynamoDocumentClient } from './adapters/aws-clients.ts';
 import { powertoolsLog } from './adapters/log.ts';
 import { DynamoDbDeviceRegistry } from './adapters/registry-dynamodb.ts';
 import { requireEnv } from './core/env.ts';
 import { type AuthDecision, authenticateDevice } from './core/identity/authenticate.ts';
+import { authenticateHttpDevice } from './core/identity/http-auth.ts';
 import { devicePolicyDocuments, type PolicyTarget } from './core/identity/policy.ts';
+import { principalIdFor } from './core/identity/principal-id.ts';
 import type { DeviceRegistry } from './core/identity/registry.ts';
+import { BASIC_INGEST_RULE_ENV } from './core/identity/topics.ts';
 import type { Log } from './core/ports.ts';
 
 /** Seconds between IoT Core's re-invocations of the authorizer on a live connection: disabled devices drop within this. */
@@ -35,6 +37,12 @@ export interface AuthorizerDeps {
    * @default taken from the invoked function's ARN (a custom authorizer runs in the hub's account and region)
    */
   readonly target?: PolicyTarget;
+  /**
+   * The ingest rule's name when Basic Ingest is on (`BASIC_INGEST_RULE_NAME`): the policy then lets the
+   * device publish its telemetry to `$aws/rules/{name}/devices/{id}/messages/events[/...]`.
+   * @default no Basic Ingest permission
+   */
+  readonly basicIngestRule?: string | undefined;
 }
 
 /** The part of the Lambda context the authorizer reads. */
@@ -66,7 +74,9 @@ export type AuthorizerResponse = AuthorizerAllow | AuthorizerDeny;
 
 /**
  * The custom authorizer event IoT Core sends (fields beyond these are ignored). MQTT user name and client
- * id arrive as sent; the password arrives base64-encoded.
+ * id arrive as sent; the password arrives base64-encoded. An HTTPS publish brings `protocolData.http`
+ * (its request headers and query string) and no MQTT data; `token` is the value of the authorizer's token
+ * key (a header or query parameter) when the authorizer has one configured.
  */
 export const authorizerEventSchema = z.object({
   token: z.string().optional(),
@@ -81,22 +91,20 @@ export const authorizerEventSchema = z.object({
           clientId: z.string().optional(),
         })
         .optional(),
+      http: z
+        .object({
+          headers: z.record(z.string(), z.unknown()).optional(),
+          queryString: z.string().optional(),
+        })
+        .optional(),
       tls: z.object({ serverName: z.string().optional() }).optional(),
     })
     .optional(),
   connectionMetadata: z.object({ id: z.string().optional() }).optional(),
 });
 
-/**
- * The `principalId` for a device: hex SHA-256 of the device id (64 characters). IoT Core allows only
- * `[a-zA-Z0-9]{1,128}` there, and device ids may hold `-`, `.`, `$`, `:` and more, so the id itself cannot be
- * used. A hash keeps it stable per device (the same id always gives the same principal, so logs and
- * `principal()` in rules correlate) and fixed-length. Rules should read the device id from `clientid()`,
- * which the policy pins to the authenticated device.
- */
-export function principalIdFor(deviceId: string): string {
-  return createHash('sha256').update(deviceId, 'utf8').digest('hex');
-}
+/** See `functions/core/identity/principal-id.ts`; re-exported for callers of the authorizer. */
+export { principalIdFor };
 
 /** Seconds until `expiresAt`, bounded to what IoT Core accepts; the 24 h maximum when there is no expiry. */
 export function disconnectAfterSeconds(expiresAt: Date | undefined, now: Date): number {
@@ -123,17 +131,37 @@ function decodePassword(password: string | undefined): Buffer | undefined | null
 
 const DENY: AuthorizerDeny = { isAuthenticated: false };
 
+/** A header's value by name, whatever case the client or IoT Core gave it. */
+function header(headers: Record<string, unknown> | undefined, name: string): string | undefined {
+  if (headers === undefined) return undefined;
+  const wanted = name.toLowerCase();
+  for (const [key, value] of Object.entries(headers)) {
+    if (key.toLowerCase() !== wanted) continue;
+    if (typeof value === 'string') return value;
+    if (Array.isArray(value) && typeof value[0] === 'string') return value[0];
+  }
+  return undefined;
+}
+
 /**
- * The IoT Core custom authorizer: devices connect over MQTT with IoT Hub's user name
- * (`{hostName}/{deviceId}/?api-version=...`) and a SAS token as password. The decision is
- * {@link authenticateDevice}, the same one the local broker makes; an accepted device gets a policy that
- * confines it to its own client id and topics (`devicePolicyDocuments`).
+ * The IoT Core custom authorizer, for IoT Hub-style SAS devices:
+ * - over MQTT, with IoT Hub's user name (`{hostName}/{deviceId}/?api-version=...`) and the SAS token as
+ *   password; the client id must be the device id;
+ * - over HTTPS publish (`POST /topics/{topic}` on port 443 with `x-amz-customauthorizer-name`),
+ *   with the SAS token in the `Authorization` header, as IoT Hub's HTTPS devices send it (or in the
+ *   authorizer's token key, which IoT Core passes as `token`); the device is the one the token's `sr`
+ *   names (`authenticateHttpDevice`).
+ *
+ * The decision is {@link authenticateDevice}, the same one the local broker and the local HTTPS publish
+ * endpoint make; an accepted device gets a policy that confines it to its own client id and topics
+ * (`devicePolicyDocuments`), plus its Basic Ingest topic when that is on.
  *
  * The connection lasts until the token expires (`disconnectAfterInSeconds`, at least 300 s, so a token
  * about to expire still lives up to 5 minutes), and IoT Core re-runs the authorizer every
  * {@link REFRESH_AFTER_SECONDS}: a device disabled or deleted in the registry is refused at the next refresh
- * (the service API also calls DeleteConnection on disable, so that is the fallback). Refusals, including a
- * bad event or a failed registry read, answer `{ isAuthenticated: false }` and log why.
+ * (the service API also calls DeleteConnection on disable, so that is the fallback). HTTPS publishes are
+ * authorized per request (the authorizer has HTTP caching off). Refusals, including a bad event or a
+ * failed registry read, answer `{ isAuthenticated: false }` and log why.
  */
 export function makeHandler(deps: AuthorizerDeps) {
   const now = deps.now ?? (() => new Date());
@@ -148,6 +176,7 @@ export function makeHandler(deps: AuthorizerDeps) {
     }
     const connectionId = parsed.data.connectionMetadata?.id;
     const mqtt = parsed.data.protocolData?.mqtt;
+    const http = parsed.data.protocolData?.http;
     const refused = (
       reason: string,
       message: string,
@@ -156,12 +185,28 @@ export function makeHandler(deps: AuthorizerDeps) {
       deps.log.warn('connection refused', { reason, message, connectionId, ...extra });
       return DENY;
     };
-    if (mqtt === undefined)
-      return refused('malformed', 'no MQTT protocol data (only MQTT connections are served)');
-    if (mqtt.clientId === undefined || mqtt.clientId === '') return refused('malformed', 'no MQTT client id');
-    const clientId = mqtt.clientId;
-    const password = decodePassword(mqtt.password);
-    if (password === null) return refused('malformed', 'MQTT password is not base64', { clientId });
+    let authenticate: () => Promise<AuthDecision>;
+    let who: Record<string, unknown>;
+    if (mqtt !== undefined) {
+      if (mqtt.clientId === undefined || mqtt.clientId === '')
+        return refused('malformed', 'no MQTT client id');
+      const clientId = mqtt.clientId;
+      const password = decodePassword(mqtt.password);
+      if (password === null) return refused('malformed', 'MQTT password is not base64', { clientId });
+      who = { clientId, protocol: 'mqtt' };
+      authenticate = () =>
+        authenticateDevice(
+          { clientId, username: mqtt.username, password },
+          { registry: deps.registry, hostName: deps.hostName, now },
+        );
+    } else if (http !== undefined) {
+      const authorization = header(http.headers, 'authorization') ?? parsed.data.token;
+      who = { protocol: 'http' };
+      authenticate = () =>
+        authenticateHttpDevice({ authorization }, { registry: deps.registry, hostName: deps.hostName, now });
+    } else {
+      return refused('malformed', 'neither MQTT nor HTTP protocol data in the event');
+    }
 
     const target =
       deps.target ?? (context ? targetFromFunctionArn(context.invokedFunctionArn, deps.region) : undefined);
@@ -175,28 +220,29 @@ export function makeHandler(deps: AuthorizerDeps) {
 
     let decision: AuthDecision;
     try {
-      decision = await authenticateDevice(
-        { clientId, username: mqtt.username, password },
-        { registry: deps.registry, hostName: deps.hostName, now },
-      );
+      decision = await authenticate();
     } catch (error) {
       deps.log.error('connection refused: registry unavailable', {
-        clientId,
+        ...who,
         connectionId,
         error: error instanceof Error ? `${error.name}: ${error.message}` : String(error),
       });
       return DENY;
     }
     if (!decision.ok) {
-      return refused(decision.reason, decision.message, { clientId, connackCode: decision.connackCode });
+      return refused(decision.reason, decision.message, { ...who, connackCode: decision.connackCode });
     }
 
     let policyDocuments: string[];
     try {
-      policyDocuments = devicePolicyDocuments({ deviceId: decision.deviceId, ...target });
+      policyDocuments = devicePolicyDocuments({
+        deviceId: decision.deviceId,
+        ...target,
+        basicIngestRule: deps.basicIngestRule,
+      });
     } catch (error) {
       deps.log.error('connection refused: no policy for device', {
-        clientId,
+        ...who,
         connectionId,
         error: error instanceof Error ? error.message : String(error),
       });
@@ -211,6 +257,7 @@ export function makeHandler(deps: AuthorizerDeps) {
     };
     deps.log.info('device authenticated', {
       deviceId: decision.deviceId,
+      protocol: who.protocol,
       principal: decision.principal,
       principalId: response.principalId,
       connectionId,
@@ -230,8 +277,12 @@ function defaultDeps(env: NodeJS.ProcessEnv): AuthorizerDeps {
     hostName: requireEnv(env, 'HUB_HOSTNAME'),
     log: powertoolsLog('authorizer'),
     ...(env.AWS_REGION ? { region: env.AWS_REGION } : {}),
+    ...(env[BASIC_INGEST_RULE_ENV] ? { basicIngestRule: env[BASIC_INGEST_RULE_ENV] } : {}),
   };
 }
 
-/** The Lambda entry point (environment: `REGISTRY_TABLE_NAME`, `HUB_HOSTNAME`, `AWS_REGION`). */
+/**
+ * The Lambda entry point (environment: `REGISTRY_TABLE_NAME`, `HUB_HOSTNAME`, `AWS_REGION`, and
+ * `BASIC_INGEST_RULE_NAME` when Basic Ingest is on).
+ */
 export const handler = makeHandler(defaultDeps(process.env));

@@ -1,9 +1,11 @@
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
-import { dynamoDocumentClient, iotDataClient } from './adapters/aws-clients.ts';
+import { dynamoDocumentClient, iotDataClient, kinesisClient } from './adapters/aws-clients.ts';
 import { c2dFromEnv } from './adapters/c2d-wiring.ts';
 import { IotConnections } from './adapters/connections.ts';
+import { KinesisStreamSink } from './adapters/kinesis-sink.ts';
 import { powertoolsLog } from './adapters/log.ts';
 import { DynamoDbDeviceRegistry } from './adapters/registry-dynamodb.ts';
+import { IngestLifecycleEvents, type LifecycleEvents } from './core/d2c/lifecycle-events.ts';
 import { requireEnv } from './core/env.ts';
 import { ValidationError } from './core/errors.ts';
 import type { DeviceRegistry } from './core/identity/registry.ts';
@@ -34,6 +36,11 @@ export interface ServiceApiDeps {
    * API serves the registry only.
    */
   readonly c2d?: Omit<C2dRouteDeps, 'registry' | 'log'>;
+  /**
+   * Device lifecycle events (`createDeviceIdentity` / `deleteDeviceIdentity`) onto the ingest stream,
+   * for routes of source `DeviceLifecycleEvents`. @default none
+   */
+  readonly lifecycleEvents?: LifecycleEvents;
   /** Routes of other modules (twins, ...), added after the registry and C2D routes. @default [] */
   readonly extraRoutes?: readonly RouteEntry[];
   /** Largest accepted body in bytes, after base64 decoding. @default MAX_BODY_BYTES (256 KB) */
@@ -117,7 +124,12 @@ export function makeHandler(deps: ServiceApiDeps) {
     await deps.connections.disconnect(deviceId);
   };
   const table = new RouteTable([
-    ...registryRoutes({ registry: deps.registry, log: deps.log, onDeviceDisabledOrDeleted }),
+    ...registryRoutes({
+      registry: deps.registry,
+      log: deps.log,
+      onDeviceDisabledOrDeleted,
+      ...(deps.lifecycleEvents ? { lifecycleEvents: deps.lifecycleEvents } : {}),
+    }),
     ...(c2d === undefined ? [] : c2dRoutes({ ...c2d, registry: deps.registry, log: deps.log })),
     ...(deps.extraRoutes ?? []),
   ]);
@@ -153,6 +165,10 @@ function defaultDeps(env: NodeJS.ProcessEnv): ServiceApiDeps {
       tableName: requireEnv(env, 'REGISTRY_TABLE_NAME'),
     }),
     connections: new IotConnections(iotDataClient()),
+    lifecycleEvents: new IngestLifecycleEvents({
+      sink: new KinesisStreamSink(kinesisClient(), requireEnv(env, 'INGEST_STREAM_NAME')),
+      log,
+    }),
     log,
   };
 }

@@ -2,9 +2,11 @@ import { Arn, CfnOutput, Duration, Stack, Validations } from 'aws-cdk-lib';
 import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as iot from 'aws-cdk-lib/aws-iot';
+import type * as kinesis from 'aws-cdk-lib/aws-kinesis';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import { Construct } from 'constructs';
 import type { HubConfig } from './config.ts';
+import { grantLifecycleWrite } from './event-sources.ts';
 import { HubFunction } from './hub-function.ts';
 import { DynamoPutAction, HubTopicRule, LambdaInvokeAction } from './topic-rule.ts';
 
@@ -15,6 +17,8 @@ export interface IdentityProps {
   readonly registry: dynamodb.ITable;
   /** Where presence events that cannot be delivered go. */
   readonly deadLetters: dynamodb.ITable;
+  /** The D2C ingest stream, where the service API puts device lifecycle events (write only). */
+  readonly ingestStream: kinesis.IStream;
 }
 
 /**
@@ -39,6 +43,7 @@ export class Identity extends Construct {
       description: 'Service API: registry and C2D send / purge / feedback (IoT Hub REST resources)',
       environment: { HUB_HOSTNAME: config.hostName },
     }).bindTableReadWrite('REGISTRY_TABLE_NAME', props.registry);
+    grantLifecycleWrite(this.serviceApi, props.ingestStream);
     // Disabling or deleting a device closes its live connection.
     const anyClient = Arn.format({ service: 'iot', resource: 'client', resourceName: '*' }, stack);
     this.serviceApi.function.addToRolePolicy(

@@ -57,6 +57,12 @@ export interface BrokerOptions {
   readonly maxMessageBytes: number;
   readonly authenticator: Authenticator;
   /**
+   * The ingest rule's name when Basic Ingest is on: devices may then publish their telemetry to
+   * `$aws/rules/{name}/devices/{id}/messages/events[/...]` too (`publishRefusal`). As in IoT Core,
+   * Basic Ingest publishes reach the rules only, never a subscriber. @default Basic Ingest refused
+   */
+  readonly basicIngestRule?: string | undefined;
+  /**
    * Called for each device publish after authorization and before the PUBACK: rules run here, so
    * an acknowledged message is already durable. A rejection disconnects the client without PUBACK.
    */
@@ -181,7 +187,9 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     authorizePublish: (client, packet: PublishPacket, done) => {
       const identity = client ? identities.get(client) : undefined;
       if (!client || !identity) return done(new Error('publish from an unauthenticated client'));
-      const denied = publishRefusal(identity.deviceId, packet.topic);
+      const denied = publishRefusal(identity.deviceId, packet.topic, {
+        basicIngestRule: options.basicIngestRule,
+      });
       if (denied) {
         log(`publish refused, disconnecting: ${denied}`);
         return done(new Error(denied));
@@ -207,6 +215,8 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
         },
       );
     },
+    // Basic Ingest skips the message broker: such a publish goes to its rule, never to subscribers.
+    authorizeForward: (_client, packet) => (packet.topic.startsWith('$aws/rules/') ? null : packet),
     authorizeSubscribe: (client, sub: Subscription, done) => {
       const identity = client ? identities.get(client) : undefined;
       const denied = identity ? subscribeRefusal(identity.deviceId, sub.topic) : 'unauthenticated client';

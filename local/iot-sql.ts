@@ -47,7 +47,7 @@ import { parseExpression, parseStatement } from './iot-sql/parser.ts';
 import { mqttTopicMatches } from './iot-sql/topic.ts';
 import { isPlainObject, setOwn, toText } from './iot-sql/values.ts';
 
-export type { IotSqlContext } from './iot-sql/context.ts';
+export type { IotSqlContext, Mqtt5Properties } from './iot-sql/context.ts';
 export { IotSqlError, type IotSqlPosition } from './iot-sql/errors.ts';
 export { mqttTopicMatches } from './iot-sql/topic.ts';
 

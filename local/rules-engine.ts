@@ -8,6 +8,7 @@ import {
   compileIotSql,
   compileSubstitutionTemplate,
   type IotSqlContext,
+  type Mqtt5Properties,
 } from './iot-sql.ts';
 import type { LocalRule, LocalRuleAction } from './template.ts';
 
@@ -18,6 +19,8 @@ export interface IngestInput {
   /** MQTT client id, '' for data-plane publishes. */
   readonly clientId: string;
   readonly principal: string;
+  /** The MQTT 5 properties of the publish, if it had any (see `IotSqlContext.mqtt5`). */
+  readonly mqtt5?: Mqtt5Properties | undefined;
 }
 
 /** What rule actions reach. */
@@ -37,6 +40,20 @@ export class RuleDeliveryError extends Error {
     this.name = 'RuleDeliveryError';
   }
 }
+
+/**
+ * A Basic Ingest publish named a rule that does not exist or is disabled. IoT Core logs `RuleNotFound`
+ * and drops the message; locally the publisher gets no PUBACK instead, so nothing is lost silently.
+ */
+export class RuleNotFoundError extends Error {
+  constructor(ruleName: string, topic: string) {
+    super(`Basic Ingest topic '${topic}' names rule '${ruleName}', which does not exist or is disabled`);
+    this.name = 'RuleNotFoundError';
+  }
+}
+
+// Basic Ingest: `$aws/rules/{rule name}[/{topic}]`.
+const BASIC_INGEST = /^\$aws\/rules\/([^/]+)(?:\/(.*))?$/s;
 
 interface CompiledAction {
   readonly action: LocalRuleAction;
@@ -87,20 +104,35 @@ export class RulesEngine {
   /**
    * Runs every rule whose FROM matches. Resolves once each matching action (or, when it fails,
    * its rule's error action) has taken the message; rejects with {@link RuleDeliveryError} otherwise.
+   *
+   * A Basic Ingest topic, `$aws/rules/{rule}/{topic}`, runs only the rule of that name, as IoT Core does,
+   * which presents the topic without the `$aws/rules/{rule}/` prefix to it (`topic()`); an unknown or
+   * disabled rule rejects with {@link RuleNotFoundError}.
    */
   async ingest(input: IngestInput): Promise<number> {
+    const basicIngest = BASIC_INGEST.exec(input.topic);
+    const topic = basicIngest ? (basicIngest[2] ?? '') : input.topic;
+    let candidates = this.rules;
+    if (basicIngest) {
+      const name = basicIngest[1] ?? '';
+      const rule = this.rules.find((r) => (r.rule.name ?? r.rule.logicalId) === name);
+      if (rule === undefined) throw new RuleNotFoundError(name, input.topic);
+      candidates = [rule];
+    }
     const ctx: IotSqlContext = {
-      topic: input.topic,
+      topic,
       payload: input.payload,
       clientId: input.clientId,
       principal: input.principal,
       timestamp: Date.now(),
       newuuid: randomUUID,
+      ...(input.mqtt5 ? { mqtt5: input.mqtt5 } : {}),
     };
     let matched = 0;
     const runs: Promise<void>[] = [];
-    for (const rule of this.rules) {
-      if (!rule.sql.matchesTopic(input.topic)) continue;
+    for (const rule of candidates) {
+      // Basic Ingest invokes its rule directly; the FROM filter selects broker traffic.
+      if (!basicIngest && !rule.sql.matchesTopic(topic)) continue;
       const output = rule.sql.evaluatePayload(ctx);
       if (output === undefined) continue;
       matched += 1;

@@ -235,10 +235,10 @@ export class DynamoDbDeviceRegistry implements DeviceRegistry {
   }
 
   /** {@inheritDoc DeviceRegistry.delete} */
-  async delete(deviceId: string, options: ConditionalOptions = {}): Promise<void> {
+  async delete(deviceId: string, options: ConditionalOptions = {}): Promise<Device> {
     const specific = isSpecificIfMatch(options.ifMatch);
     try {
-      await this.call(() =>
+      const out = await this.call(() =>
         this.client.send(
           new DeleteCommand({
             TableName: this.tableName,
@@ -248,10 +248,12 @@ export class DynamoDbDeviceRegistry implements DeviceRegistry {
             ...(specific
               ? { ExpressionAttributeValues: { ':expected': normalizeIfMatch(options.ifMatch ?? '') } }
               : {}),
+            ReturnValues: 'ALL_OLD',
             ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
           }),
         ),
       );
+      return this.fromItem(out.Attributes ?? {});
     } catch (error) {
       if (!isConditionalCheckFailed(error)) throw error;
       const old = await this.oldItem(error, deviceId);

@@ -73,13 +73,14 @@ export class MemoryDeviceRegistry implements DeviceRegistry {
   }
 
   /** {@inheritDoc DeviceRegistry.delete} */
-  async delete(deviceId: string, options: ConditionalOptions = {}): Promise<void> {
+  async delete(deviceId: string, options: ConditionalOptions = {}): Promise<Device> {
     const existing = this.devices.get(deviceId);
     if (existing === undefined) throw new DeviceNotFoundError(deviceId);
     if (!etagMatches(existing.etag, options.ifMatch)) {
       throw new PreconditionFailedError(deviceId, options.ifMatch ?? '', existing.etag);
     }
     this.devices.delete(deviceId);
+    return structuredClone(existing);
   }
 
   /** {@inheritDoc DeviceRegistry.list} */

@@ -12,6 +12,22 @@ export interface IotSqlContext {
   timestamp: number;
   /** Generates the value of `newuuid()` and `traceid()`; injectable for tests. */
   newuuid: () => string;
+  /**
+   * The MQTT 5 properties of the publish, for `get_mqtt_property()` and `get_user_properties()`;
+   * absent for an MQTT 3.1.1 publish (the local broker, aedes, speaks only 3.1.1), where both are Undefined.
+   */
+  mqtt5?: Mqtt5Properties | undefined;
+}
+
+/** The MQTT 5 PUBLISH properties the IoT SQL functions read. */
+export interface Mqtt5Properties {
+  readonly contentType?: string | undefined;
+  readonly correlationData?: Buffer | undefined;
+  /** Payload format indicator: 1 = UTF-8 data. */
+  readonly payloadFormatIndicator?: 0 | 1 | undefined;
+  readonly responseTopic?: string | undefined;
+  /** In the order sent; a name may repeat. */
+  readonly userProperties?: readonly (readonly [string, string])[] | undefined;
 }
 
 const UNPARSED: unique symbol = Symbol('unparsed');

@@ -60,6 +60,37 @@ export const FUNCTIONS: ReadonlyMap<string, SqlFunction> = new Map<string, SqlFu
   // AWS returns the MQTT 5 trace id when there is one; locally there is none, so a fresh id.
   ['traceid', fn(0, 0, (_args, env) => env.ctx.newuuid())],
   ['encode', fn(2, 2, (args) => encodeBytes(bytesOf(args[0]), args[1]))],
+  // MQTT 5 properties (AWS IoT SQL): Undefined for an MQTT 3.1.1 publish or an unknown name.
+  [
+    'get_mqtt_property',
+    fn(1, 1, ([name], env) => {
+      const p = env.ctx.mqtt5;
+      if (p === undefined) return undefined;
+      switch (name) {
+        case 'content_type':
+          return p.contentType;
+        case 'correlation_data':
+          return p.correlationData?.toString('base64');
+        case 'response_topic':
+          return p.responseTopic;
+        case 'format_indicator':
+          return p.payloadFormatIndicator === 1 ? 'UTF8_DATA' : 'UNSPECIFIED_BYTES';
+        default:
+          return undefined;
+      }
+    }),
+  ],
+  // `get_user_properties()`: every user property as `[{name: value}, ...]` in order;
+  // `get_user_properties(name)`: the values of that name, `[value, ...]`. Undefined when there are none.
+  [
+    'get_user_properties',
+    fn(0, 1, (args, env) => {
+      const all = env.ctx.mqtt5?.userProperties ?? [];
+      if (args.length === 0) return all.length === 0 ? undefined : all.map(([k, v]) => ({ [k]: v }));
+      const values = all.filter(([k]) => k === args[0]).map(([, v]) => v);
+      return values.length === 0 ? undefined : values;
+    }),
+  ],
   [
     'get',
     fn(2, 2, ([container, key]) => {

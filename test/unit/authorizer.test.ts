@@ -259,6 +259,107 @@ describe('authorizer handler: refused', () => {
   });
 });
 
+/** An HTTPS publish as IoT Core hands it to the authorizer: request headers, no MQTT data. */
+function httpEvent(headers: Record<string, string>, extra: Record<string, unknown> = {}) {
+  return {
+    signatureVerified: false,
+    protocols: ['tls', 'http'],
+    protocolData: { tls: { serverName: HOST }, http: { headers, queryString: '?qos=1' } },
+    connectionMetadata: { id: 'b0c3c1e4-0000-4000-8000-000000000002' },
+    ...extra,
+  };
+}
+
+describe('authorizer handler: HTTPS publish', () => {
+  it('allows a device by its SAS token in Authorization, with the same policy as over MQTT', async () => {
+    const sas = token();
+    const response = expectAllowed(
+      await handler()(httpEvent({ Authorization: sas, 'x-amz-customauthorizer-name': 'hub' }), CONTEXT),
+    );
+    const overMqtt = expectAllowed(await handler()(event(mqttFor('dev-1', sas)), CONTEXT));
+    expect(response.principalId).toBe(principalIdFor('dev-1'));
+    expect(response.policyDocuments).toEqual(overMqtt.policyDocuments);
+    expect(response.disconnectAfterInSeconds).toBe(3600);
+    expect(lines).toContainEqual(
+      expect.objectContaining({
+        level: 'info',
+        message: 'device authenticated',
+        context: expect.objectContaining({ deviceId: 'dev-1', protocol: 'http' }),
+      }),
+    );
+    expectNoSecretsLogged();
+  });
+
+  it('finds the header whatever its case, and falls back to the token key IoT Core passes as token', async () => {
+    expectAllowed(await handler()(httpEvent({ authorization: token() }), CONTEXT));
+    expectAllowed(await handler()(httpEvent({ AUTHORIZATION: token() }), CONTEXT));
+    expectAllowed(await handler()(httpEvent({}, { token: token() }), CONTEXT));
+  });
+
+  it.each([
+    ['no Authorization', () => ({}), 'bad-credentials'],
+    ['a non-SAS Authorization', () => ({ authorization: 'Bearer abc' }), 'malformed'],
+    ['a malformed SAS token', () => ({ authorization: 'SharedAccessSignature sr=x' }), 'malformed'],
+    ['a wrong key', () => ({ authorization: token('dev-1', WRONG) }), 'bad-credentials'],
+    ['an expired token', () => ({ authorization: token('dev-1', KEY, -60) }), 'expired'],
+    ['an unknown device', () => ({ authorization: token('ghost') }), 'unknown-device'],
+    ['a disabled device', () => ({ authorization: token('off') }), 'disabled'],
+  ])('%s must get isAuthenticated false and a logged reason', async (_name, headers, reason) => {
+    expect(await handler()(httpEvent(headers()), CONTEXT)).toEqual({ isAuthenticated: false });
+    expect(lines.at(-1)).toMatchObject({
+      level: 'warn',
+      message: 'connection refused',
+      context: expect.objectContaining({ reason, protocol: 'http' }),
+    });
+    expectNoSecretsLogged();
+  });
+
+  it('a token for another hub host must be refused', async () => {
+    const foreign = createSasToken({
+      resourceUri: deviceResourceUri('other.example.com', 'dev-1'),
+      key: KEY,
+      expiresAt: new Date(NOW.getTime() + 3600_000),
+    });
+    secrets.push(foreign);
+    expect(await handler()(httpEvent({ authorization: foreign }), CONTEXT)).toEqual({
+      isAuthenticated: false,
+    });
+    expect(lines.at(-1)?.context).toMatchObject({ reason: 'bad-credentials' });
+  });
+});
+
+describe('authorizer handler: Basic Ingest', () => {
+  const RULE = 'D2CIngestRule12AB34CD_xyz';
+
+  it('without a rule name the policy grants no Basic Ingest topic', async () => {
+    const response = await handler()(event(mqttFor('dev-1', token())), CONTEXT);
+    expect(JSON.stringify(policies(response))).not.toContain('$aws/rules');
+  });
+
+  it("with BASIC_INGEST_RULE_NAME's rule the policy grants that rule's topic for this device only", async () => {
+    for (const ev of [event(mqttFor('dev-1', token())), httpEvent({ authorization: token() })]) {
+      const resources = policies(await handler({ basicIngestRule: RULE })(ev, CONTEXT)).flatMap((p) =>
+        p.Statement.filter((s) => s.Action.includes('iot:Publish')).flatMap((s) => s.Resource),
+      );
+      expect(resources).toContain(`${ARN}:topic/$aws/rules/${RULE}/devices/dev-1/messages/events`);
+      expect(resources).toContain(`${ARN}:topic/$aws/rules/${RULE}/devices/dev-1/messages/events/*`);
+      expect(resources.filter((r) => r.includes('$aws/rules/'))).toHaveLength(2);
+    }
+  });
+
+  it('a bad rule name must refuse the device and log the configuration error', async () => {
+    const response = await handler({ basicIngestRule: 'bad-name' })(
+      event(mqttFor('dev-1', token())),
+      CONTEXT,
+    );
+    expect(response).toEqual({ isAuthenticated: false });
+    expect(lines.at(-1)).toMatchObject({
+      level: 'error',
+      message: 'connection refused: no policy for device',
+    });
+  });
+});
+
 describe('authorizer helpers', () => {
   it('principalIdFor is alphanumeric, 64 characters and stable for any device id', () => {
     for (const id of ['dev-1', "a$b*c?d(e)f!g'h", 'x'.repeat(128)]) {

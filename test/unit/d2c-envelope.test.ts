@@ -7,10 +7,12 @@ import {
   ENVELOPE_VERSION,
   type IngestRecord,
   IngestRecordSchema,
+  NO_MQTT_CLIENT_ID,
 } from '../../functions/core/d2c/envelope.ts';
 import { InvalidPropertyBagError } from '../../functions/core/d2c/property-bag.ts';
 import { InvalidTopicError } from '../../functions/core/d2c/topic.ts';
 import { HubError, LimitExceededError, ValidationError } from '../../functions/core/errors.ts';
+import { principalIdFor } from '../../functions/core/identity/principal-id.ts';
 
 const LIMITS = { maxMessageBytes: 256 * 1024 };
 const T = Date.parse('2030-05-06T07:08:09.123Z');
@@ -287,5 +289,146 @@ describe('decodeEnvelope', () => {
 
   it('refuses text that is not JSON', () => {
     expect(() => decodeEnvelope('not json')).toThrow();
+  });
+});
+
+describe('buildEnvelope: MQTT 5 properties and HTTPS publishes', () => {
+  const b64 = (text: string) => Buffer.from(text).toString('base64');
+
+  it('takes content type, correlation data and user properties as content-type, correlation-id and application properties', () => {
+    const envelope = buildEnvelope(
+      {
+        ...record({ body: '{"t":1}' }),
+        contentType: 'application/json',
+        correlationData: b64('req-42'),
+        userProperties: [{ alert: 'high' }, { site: 'north' }],
+      },
+      LIMITS,
+    );
+    expect(envelope.systemProperties['content-type']).toBe('application/json');
+    expect(envelope.systemProperties['correlation-id']).toBe('req-42');
+    expect(envelope.properties).toEqual({ alert: 'high', site: 'north' });
+    expect(envelope.bodyEncoding).toBe('json');
+    expect(envelope.body).toEqual({ t: 1 });
+  });
+
+  it('lets the topic property bag win over MQTT 5 properties of the same name', () => {
+    const envelope = buildEnvelope(
+      {
+        ...record({ bag: '$.ct=text%2Fplain&$.cid=from-topic&alert=topic', body: '{"t":1}' }),
+        contentType: 'application/json',
+        correlationData: b64('from-mqtt5'),
+        userProperties: [{ alert: 'mqtt5' }, { extra: 'x' }],
+      },
+      LIMITS,
+    );
+    expect(envelope.systemProperties['content-type']).toBe('text/plain');
+    expect(envelope.systemProperties['correlation-id']).toBe('from-topic');
+    expect(envelope.properties).toEqual({ alert: 'topic', extra: 'x' });
+    expect(envelope.bodyEncoding).toBe('base64');
+  });
+
+  it('reads $. user properties as system properties, behind the native MQTT 5 fields', () => {
+    const envelope = buildEnvelope(
+      {
+        ...record({}),
+        contentType: 'application/json',
+        userProperties: [{ '$.mid': 'm-7' }, { '$.ct': 'text/plain' }, { '$.ce': 'utf-8' }],
+      },
+      LIMITS,
+    );
+    expect(envelope.messageId).toBe('m-7');
+    expect(envelope.systemProperties['content-type']).toBe('application/json');
+    expect(envelope.systemProperties['content-encoding']).toBe('utf-8');
+  });
+
+  it('keeps correlation data that is not UTF-8 as its base64', () => {
+    const binary = Buffer.from([0xff, 0xfe, 0x00, 0x01]).toString('base64');
+    const envelope = buildEnvelope({ ...record({}), correlationData: binary }, LIMITS);
+    expect(envelope.systemProperties['correlation-id']).toBe(binary);
+  });
+
+  it('treats absent, null and empty MQTT 5 fields (an MQTT 3.1.1 publish) as no properties', () => {
+    const plain = buildEnvelope(record({ bag: 'a=1' }), LIMITS);
+    for (const extra of [
+      { contentType: null, correlationData: null, userProperties: null },
+      { userProperties: [] },
+      { contentType: '', correlationData: '' },
+    ]) {
+      const envelope = buildEnvelope({ ...record({ bag: 'a=1' }), ...extra }, LIMITS);
+      expect(envelope.systemProperties).toEqual(plain.systemProperties);
+      expect(envelope.properties).toEqual({ a: '1' });
+    }
+  });
+
+  it('refuses a user property name given twice (InvalidPropertyBag), naming it', () => {
+    const error = buildError({ ...record({}), userProperties: [{ k: '1' }, { k: '2' }] });
+    expect(error).toBeInstanceOf(InvalidPropertyBagError);
+    expect(error.message).toBe("invalid property bag: MQTT 5 user property 'k' appears more than once");
+  });
+
+  it('applies the property bag rules to user properties', () => {
+    expect(buildError({ ...record({}), userProperties: [{ '$.nope': 'x' }] }).message).toContain(
+      "unknown system property '$.nope'",
+    );
+    expect(buildError({ ...record({}), userProperties: [{ 'bad name': 'x' }] }).code).toBe(
+      'InvalidPropertyBag',
+    );
+    expect(buildError({ ...record({}), userProperties: [{ k: 'v'.repeat(8193) }] }).code).toBe(
+      'InvalidPropertyBag',
+    );
+  });
+
+  it('counts user properties and bag properties together against the 64-property limit', () => {
+    const bag = Array.from({ length: 40 }, (_, i) => `t${i}=1`).join('&');
+    const userProperties = Array.from({ length: 30 }, (_, i) => ({ [`u${i}`]: '1' }));
+    const error = buildError({ ...record({ bag }), userProperties });
+    expect(error).toBeInstanceOf(LimitExceededError);
+    expect(error.code).toBe('TooManyProperties');
+    // 40 + 24 = 64 is fine
+    expect(() =>
+      buildEnvelope({ ...record({ bag }), userProperties: userProperties.slice(0, 24) }, LIMITS),
+    ).not.toThrow();
+  });
+
+  it("accepts an HTTPS publish (clientid() 'n/a') whose principal is the authorizer's for the topic's device", () => {
+    const envelope = buildEnvelope(
+      record({ device: 'd1', clientId: NO_MQTT_CLIENT_ID, principal: principalIdFor('d1'), bag: 'a=1' }),
+      LIMITS,
+    );
+    expect(envelope.deviceId).toBe('d1');
+    expect(envelope.properties).toEqual({ a: '1' });
+    expect(JSON.parse(envelope.systemProperties['iothub-connection-auth-method'] ?? '')).toMatchObject({
+      type: 'sas',
+    });
+  });
+
+  it("refuses an HTTPS publish whose principal is another device's, or none (DeviceIdMismatch)", () => {
+    for (const principal of [principalIdFor('d2'), undefined, 'sas:d1']) {
+      const error = buildError(
+        record({ device: 'd1', clientId: NO_MQTT_CLIENT_ID, ...(principal ? { principal } : {}) }),
+      );
+      expect(error).toBeInstanceOf(DeviceIdMismatchError);
+      expect(error.message).toContain("the topic of device 'd1' was not authenticated as that device");
+    }
+  });
+
+  it("reports the cloud authorizer's principal as SAS authentication for MQTT publishes too", () => {
+    const envelope = buildEnvelope(record({ device: 'd1', principal: principalIdFor('d1') }), LIMITS);
+    expect(JSON.parse(envelope.systemProperties['iothub-connection-auth-method'] ?? '')).toMatchObject({
+      type: 'sas',
+    });
+  });
+
+  it('accepts the MQTT 5 fields in IngestRecordSchema and refuses user properties of the wrong shape', () => {
+    const full = {
+      ...record({}),
+      contentType: 'text/plain',
+      correlationData: 'YQ==',
+      userProperties: [{ a: '1' }, { a: '2' }],
+    };
+    expect(IngestRecordSchema.safeParse(full).success).toBe(true);
+    expect(IngestRecordSchema.safeParse({ ...full, userProperties: { a: '1' } }).success).toBe(false);
+    expect(IngestRecordSchema.safeParse({ ...full, userProperties: [{ a: 1 }] }).success).toBe(false);
   });
 });

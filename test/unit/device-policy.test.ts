@@ -74,11 +74,7 @@ describe('devicePolicyDocument', () => {
       {
         Effect: 'Allow',
         Action: ['iot:Publish'],
-        Resource: [
-          `${ARN}:topic/devices/dev-1/*`,
-          `${ARN}:topic/$aws/things/dev-1/shadow/*`,
-          `${ARN}:topic/$aws/rules/*/devices/dev-1/*`,
-        ],
+        Resource: [`${ARN}:topic/devices/dev-1/*`, `${ARN}:topic/$aws/things/dev-1/shadow/*`],
       },
       {
         Effect: 'Allow',
@@ -90,7 +86,6 @@ describe('devicePolicyDocument', () => {
         Action: ['iot:Receive'],
         Resource: [`${ARN}:topic/devices/dev-1/*`, `${ARN}:topic/$aws/things/dev-1/shadow/*`],
       },
-      { Effect: 'Deny', Action: ['iot:Publish'], Resource: [`${ARN}:topic/$aws/rules/*/*/devices/dev-1/*`] },
     ]);
   });
 
@@ -100,7 +95,6 @@ describe('devicePolicyDocument', () => {
     expect(publish(doc, 'devices/dev-1/messages/events/%24.ct=application%2Fjson')).toBe(true);
     expect(publish(doc, '$aws/things/dev-1/shadow/update')).toBe(true);
     expect(publish(doc, '$aws/things/dev-1/shadow/name/config/update')).toBe(true);
-    expect(publish(doc, '$aws/rules/ingest/devices/dev-1/messages/events/')).toBe(true);
     expect(subscribe(doc, 'devices/dev-1/messages/devicebound/#')).toBe(true);
     expect(subscribe(doc, '$aws/things/dev-1/shadow/update/delta')).toBe(true);
     expect(receive(doc, 'devices/dev-1/messages/devicebound/%24.mid=1')).toBe(true);
@@ -121,9 +115,9 @@ describe('devicePolicyDocument', () => {
     expect(publish(doc, 'devices/dev-1')).toBe(false);
   });
 
-  it('must not let Basic Ingest carry another device id in the topic the rule sees', () => {
-    expect(publish(doc, '$aws/rules/ingest/devices/dev-2/messages/events/devices/dev-1/x')).toBe(false);
-    expect(publish(doc, '$aws/rules/ingest/x/devices/dev-1/messages/events/')).toBe(false);
+  it('grants no Basic Ingest topic when Basic Ingest is off', () => {
+    expect(JSON.stringify(doc)).not.toContain('$aws/rules');
+    expect(publish(doc, '$aws/rules/ingest/devices/dev-1/messages/events/')).toBe(false);
   });
 
   it('escapes * ? and $ in the device id so the policy matches only that id', () => {
@@ -182,6 +176,74 @@ describe('devicePolicyDocument', () => {
       account: '123456789012',
     });
     expect(gov.Statement[0]?.Resource[0]).toBe('arn:aws-us-gov:iot:us-gov-west-1:123456789012:client/dev-1');
+  });
+});
+
+describe('devicePolicyDocument with Basic Ingest on', () => {
+  const RULE = 'D2CIngestRuleA1B2C3D4_x7Yz';
+  const doc = devicePolicyDocument({ deviceId: 'dev-1', ...TARGET, basicIngestRule: RULE });
+
+  it('adds one publish statement that names the ingest rule and the device', () => {
+    expect(doc.Statement.slice(0, 4)).toEqual(
+      devicePolicyDocument({ deviceId: 'dev-1', ...TARGET }).Statement,
+    );
+    expect(doc.Statement[4]).toEqual({
+      Effect: 'Allow',
+      Action: ['iot:Publish'],
+      Resource: [
+        `${ARN}:topic/$aws/rules/${RULE}/devices/dev-1/messages/events`,
+        `${ARN}:topic/$aws/rules/${RULE}/devices/dev-1/messages/events/*`,
+      ],
+    });
+    expect(doc.Statement).toHaveLength(5);
+  });
+
+  it("lets the device publish its telemetry through the ingest rule's Basic Ingest topic", () => {
+    expect(publish(doc, `$aws/rules/${RULE}/devices/dev-1/messages/events`)).toBe(true);
+    expect(publish(doc, `$aws/rules/${RULE}/devices/dev-1/messages/events/`)).toBe(true);
+    expect(publish(doc, `$aws/rules/${RULE}/devices/dev-1/messages/events/$.ct=a%2Fb&k=v`)).toBe(true);
+  });
+
+  it("must not let it use another device's, another rule's or another family's Basic Ingest topic", () => {
+    for (const other of ['dev-2', 'dev-10', 'dev', 'DEV-1']) {
+      expect(publish(doc, `$aws/rules/${RULE}/devices/${other}/messages/events/`)).toBe(false);
+    }
+    expect(publish(doc, `$aws/rules/OtherRule/devices/dev-1/messages/events/`)).toBe(false);
+    expect(publish(doc, `$aws/rules/${RULE}/devices/dev-1/messages/devicebound/x`)).toBe(false);
+    expect(publish(doc, `$aws/rules/${RULE}/devices/dev-1/messages/eventsX`)).toBe(false);
+    // A prefix before the rule level cannot smuggle a topic: the rule level is literal.
+    expect(publish(doc, `$aws/rules/x/${RULE}/devices/dev-1/messages/events/`)).toBe(false);
+  });
+
+  it('does not let a subscriber listen on Basic Ingest topics', () => {
+    expect(subscribe(doc, `$aws/rules/${RULE}/devices/dev-1/messages/events/#`)).toBe(false);
+    expect(receive(doc, `$aws/rules/${RULE}/devices/dev-1/messages/events/x`)).toBe(false);
+  });
+
+  it.each(['', 'has-hyphen', 'a/b', 'r*', 'x'.repeat(129)])('refuses the rule name %j', (rule) => {
+    expect(() => devicePolicyDocument({ deviceId: 'dev-1', ...TARGET, basicIngestRule: rule })).toThrow(
+      /^basicIngestRule:/,
+    );
+  });
+
+  it('escapes the device id in the Basic Ingest resources too', () => {
+    const star = devicePolicyDocument({ deviceId: 'a*', ...TARGET, basicIngestRule: RULE });
+    expect(publish(star, `$aws/rules/${RULE}/devices/a*/messages/events/x`)).toBe(true);
+    expect(publish(star, `$aws/rules/${RULE}/devices/abc/messages/events/x`)).toBe(false);
+  });
+
+  it('still fits IoT Core per document for the longest escaped id and rule name', () => {
+    const input = {
+      deviceId: '$'.repeat(128),
+      partition: 'aws-us-gov',
+      region: 'us-gov-west-1',
+      account: '123456789012',
+      basicIngestRule: 'R'.repeat(128),
+    };
+    const docs = devicePolicyDocuments(input);
+    for (const d of docs) expect(d.replace(/\s/g, '').length).toBeLessThanOrEqual(POLICY_DOCUMENT_MAX_CHARS);
+    const statements = docs.flatMap((d) => (JSON.parse(d) as IotPolicyDocument).Statement);
+    expect(statements).toEqual(devicePolicyDocument(input).Statement);
   });
 });
 

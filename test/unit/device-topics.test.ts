@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
+  basicIngestEventsTopic,
   deviceTopicPrefixes,
   publishRefusal,
   subscribeRefusal,
@@ -11,7 +12,6 @@ describe('a device’s own topics', () => {
     'devices/d1/messages/events/$.mid=1&a=b',
     'devices/d1/messages/devicebound/settle',
     '$aws/things/d1/shadow/update',
-    '$aws/rules/ingest/devices/d1/messages/events',
   ])('lets d1 publish to %s', (topic) => {
     expect(publishRefusal('d1', topic)).toBeUndefined();
   });
@@ -24,8 +24,9 @@ describe('a device’s own topics', () => {
     'devices/d1',
     '$aws/things/d2/shadow/update',
     '$aws/things/d1/jobs/notify',
+    // Basic Ingest is off unless the hub names its ingest rule.
+    '$aws/rules/ingest/devices/d1/messages/events',
     '$aws/rules/ingest/devices/d2/messages/events',
-    // A rule name cannot hide another device's topic: the inner topic must itself be d1's.
     '$aws/rules/r/devices/d2/x/devices/d1/y',
     '$aws/events/presence/connected/d1',
   ])('refuses d1 publishing to %s, naming the device and the topic', (topic) => {
@@ -54,5 +55,46 @@ describe('a device’s own topics', () => {
 
   it('gives the prefixes the cloud policy is built from', () => {
     expect(deviceTopicPrefixes('d1')).toEqual(['devices/d1/', '$aws/things/d1/shadow/']);
+  });
+});
+
+describe('Basic Ingest topics', () => {
+  const on = { basicIngestRule: 'Ingest_1' };
+
+  it('names the ingest rule and the device', () => {
+    expect(basicIngestEventsTopic('Ingest_1', 'd1')).toBe('$aws/rules/Ingest_1/devices/d1/messages/events');
+  });
+
+  it.each(['', 'has-hyphen', 'a/b', 'x'.repeat(129)])('refuses the rule name %j', (rule) => {
+    expect(() => basicIngestEventsTopic(rule, 'd1')).toThrow(/not an IoT rule name/);
+  });
+
+  it.each([
+    '$aws/rules/Ingest_1/devices/d1/messages/events',
+    '$aws/rules/Ingest_1/devices/d1/messages/events/',
+    '$aws/rules/Ingest_1/devices/d1/messages/events/$.ct=application%2Fjson&a=1',
+  ])('lets d1 publish to %s when on', (topic) => {
+    expect(publishRefusal('d1', topic, on)).toBeUndefined();
+  });
+
+  it.each([
+    // another device, another rule, another topic family, a prefix-sharing id, a hidden inner topic
+    '$aws/rules/Ingest_1/devices/d2/messages/events',
+    '$aws/rules/Other/devices/d1/messages/events',
+    '$aws/rules/Ingest_1/devices/d1/messages/devicebound/x',
+    '$aws/rules/Ingest_1/devices/d1x/messages/events',
+    '$aws/rules/Ingest_1/devices/d1/messages/eventsx',
+    '$aws/rules/r/Ingest_1/devices/d1/messages/events',
+    '$aws/rules/Ingest_1',
+  ])('refuses d1 publishing to %s even when on, naming the allowed topic', (topic) => {
+    const refusal = publishRefusal('d1', topic, on);
+    expect(refusal).toContain("device 'd1'");
+    expect(refusal).toContain("'$aws/rules/Ingest_1/devices/d1/messages/events'");
+    expect(refusal).toContain(`'${topic}'`);
+  });
+
+  it('does not change what else a device may publish', () => {
+    expect(publishRefusal('d1', 'devices/d1/messages/events/a=1', on)).toBeUndefined();
+    expect(publishRefusal('d1', 'devices/d2/messages/events/a=1', on)).toContain("device 'd1'");
   });
 });

@@ -266,6 +266,12 @@ describe.each(implementations)('DeviceRegistry contract: $name', ({ make }) => {
       await expect(registry.get('d')).rejects.toBeInstanceOf(DeviceNotFoundError);
     });
 
+    it('returns the device as it was (the body of its deleteDeviceIdentity event)', async () => {
+      await registry.create({ deviceId: 'd' });
+      const replaced = await registry.replace({ deviceId: 'd', statusReason: 'last words' });
+      expect(await registry.delete('d')).toEqual(replaced);
+    });
+
     it('refuses a stale etag with PreconditionFailed and keeps the device', async () => {
       const created = await registry.create({ deviceId: 'd' });
       await registry.replace({ deviceId: 'd', statusReason: 'changed' });
@@ -370,6 +376,19 @@ describe.each(implementations)('DeviceRegistry contract: $name', ({ make }) => {
         'PreconditionFailed',
       ]);
       expect(result.results.map((r) => r.index)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8]);
+      // What each successful operation did, so the service API knows which lifecycle events to emit.
+      expect(result.results.map((r) => (r.ok ? r.outcome : '-'))).toEqual([
+        'created',
+        '-',
+        '-',
+        '-',
+        'deleted',
+        'updated',
+        'created',
+        '-',
+        '-',
+      ]);
+      expect(result.results[4]).toMatchObject({ ok: true, device: { deviceId: 'gone', etag: gone.etag } });
       expect(result.errors).toHaveLength(5);
       expect(result.errors[0]).toMatchObject({ deviceId: 'taken', errorCode: 'DeviceAlreadyExists' });
       expect(await registry.get('new-1')).toMatchObject({ status: 'disabled' });

@@ -26,6 +26,7 @@ vi.hoisted(() => {
   process.env.REGISTRY_TABLE_NAME ??= 'unit-test-registry';
   process.env.LEDGER_TABLE_NAME ??= 'unit-test-ledger';
   process.env.FEEDBACK_STREAM_NAME ??= 'unit-test-feedback';
+  process.env.INGEST_STREAM_NAME ??= 'unit-test-ingest';
 });
 
 const { makeHandler } = await import('../../functions/service-api.ts');

@@ -1,6 +1,12 @@
 import { z } from 'zod';
 import { LimitExceededError, ValidationError } from '../errors.ts';
-import { parsePropertyBag } from './property-bag.ts';
+import { principalIdFor } from '../identity/principal-id.ts';
+import {
+  InvalidPropertyBagError,
+  PROPERTY_LIMITS,
+  type PropertyBag,
+  parsePropertyBag,
+} from './property-bag.ts';
 import { parseD2CTopic } from './topic.ts';
 
 /**
@@ -20,6 +26,15 @@ export const IngestRecordSchema = z.object({
   enqueuedTime: z.number(),
   /** `newuuid()`: stamped once per publish so every copy of a redelivered record keeps one id. */
   ingestId: z.string().min(1),
+  /** `get_mqtt_property('content_type')`: the MQTT 5 content type; absent for MQTT 3.1.1 publishes. */
+  contentType: z.string().nullish(),
+  /** `get_mqtt_property('correlation_data')`: the MQTT 5 correlation data, base64; absent when not set. */
+  correlationData: z.string().nullish(),
+  /**
+   * `get_user_properties()`: the MQTT 5 user properties in order, one `{ name: value }` object each
+   * (MQTT 5 allows a name more than once); absent or empty when there are none.
+   */
+  userProperties: z.array(z.record(z.string(), z.string())).nullish(),
 });
 /** A decoded ingest-stream record. */
 export type IngestRecord = z.infer<typeof IngestRecordSchema>;
@@ -49,12 +64,20 @@ export interface EnvelopeLimits {
   readonly maxMessageBytes: number;
 }
 
+/**
+ * What IoT Core's `clientid()` returns for a message that was not sent over MQTT (an HTTPS publish). Such
+ * a record is bound to its device by the principal instead (see {@link buildEnvelope}).
+ */
+export const NO_MQTT_CLIENT_ID = 'n/a';
+
 /** A record whose device id (from the connection) and topic disagree: a spoofing attempt. */
 export class DeviceIdMismatchError extends ValidationError {
   constructor(clientId: string, topicDeviceId: string) {
     super(
       'DeviceIdMismatch',
-      `client '${clientId}' published on the topic of device '${topicDeviceId}'; a device may publish only under its own id`,
+      clientId === NO_MQTT_CLIENT_ID
+        ? `a publish without an MQTT client id (HTTPS) on the topic of device '${topicDeviceId}' was not authenticated as that device (its principal is not the device's); a device may publish only under its own id`
+        : `client '${clientId}' published on the topic of device '${topicDeviceId}'; a device may publish only under its own id`,
       { clientId, topicDeviceId },
     );
   }
@@ -66,24 +89,87 @@ function isUtf8(encoding: string | undefined): boolean {
   return encoding === undefined || /^utf-?8$/i.test(encoding);
 }
 
-function authMethod(principal: string | undefined): string {
-  // The principal is `{type}:{id}` as the front door's authenticate step sets it (see local/broker.ts
-  // and the custom authorizer); IoT Hub reports the method as a small JSON document.
-  const type = principal?.split(':', 1)[0] || 'none';
+function authMethod(principal: string | undefined, deviceId: string): string {
+  // Locally the principal is `{type}:{id}` as the front door's authenticate step sets it (local/broker.ts,
+  // local/https-publish.ts); in the cloud a SAS device's principal is the custom authorizer's
+  // principalId for it. IoT Hub reports the method as a small JSON document.
+  const type = principal === principalIdFor(deviceId) ? 'sas' : principal?.split(':', 1)[0] || 'none';
   return JSON.stringify({ scope: 'device', type, issuer: 'iothub', acceptingIpFilterRule: null });
+}
+
+/** Correlation data as text when it is UTF-8, else its base64 (a correlation id is a string). */
+function correlationText(base64: string): string {
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(Buffer.from(base64, 'base64'));
+  } catch {
+    return base64;
+  }
+}
+
+/**
+ * The MQTT 5 properties of a record as a property bag: user properties follow the property bag's
+ * rules (names of printable ASCII, the same limits, `$.` names are system properties and unknown ones
+ * are refused), a name may appear only once, and the content type and correlation data become
+ * `content-type` and `correlation-id`, ahead of `$.ct` / `$.cid` user properties.
+ *
+ * @throws InvalidPropertyBagError, LimitExceededError
+ */
+function mqtt5Bag(record: IngestRecord): PropertyBag {
+  const pairs: string[] = [];
+  const seen = new Set<string>();
+  for (const property of record.userProperties ?? []) {
+    for (const [name, value] of Object.entries(property)) {
+      if (seen.has(name)) {
+        throw new InvalidPropertyBagError(
+          `MQTT 5 user property '${name.slice(0, 128)}' appears more than once`,
+          {
+            name,
+          },
+        );
+      }
+      seen.add(name);
+      pairs.push(`${encodeURIComponent(name)}=${encodeURIComponent(value)}`);
+    }
+  }
+  const bag = parsePropertyBag(pairs.join('&'));
+  if (record.contentType) bag.system['content-type'] = record.contentType;
+  if (record.correlationData) bag.system['correlation-id'] = correlationText(record.correlationData);
+  return bag;
 }
 
 /**
  * Turns one ingest record into the versioned envelope. The device id comes from the connection
- * (`clientId`), and must equal the id in the topic; the message id is the device's `$.mid`, or
- * the ingest id stamped by the rule.
+ * (`clientId`), and must equal the id in the topic; a record without an MQTT client id (IoT Core's
+ * HTTPS publish, `clientid()` = {@link NO_MQTT_CLIENT_ID}) is accepted for the topic's device only when
+ * its principal is the custom authorizer's principal id for that device (the authorizer's policy let it
+ * publish only there). The message id is the device's `$.mid`, or the ingest id stamped by the rule.
+ *
+ * Properties come from the topic's property bag and, for MQTT 5 publishers, from the content type,
+ * correlation data and user properties (see `docs/envelope.md`); on a clash the property bag wins.
  *
  * @throws InvalidTopicError, InvalidPropertyBagError, DeviceIdMismatchError, LimitExceededError
  */
 export function buildEnvelope(record: IngestRecord, limits: EnvelopeLimits): D2CEnvelope {
   const topic = parseD2CTopic(record.topic);
-  if (topic.deviceId !== record.clientId) throw new DeviceIdMismatchError(record.clientId, topic.deviceId);
-  const bag = parsePropertyBag(topic.propertyBag);
+  const viaHttps =
+    record.clientId === NO_MQTT_CLIENT_ID && record.principal === principalIdFor(topic.deviceId);
+  if (topic.deviceId !== record.clientId && !viaHttps) {
+    throw new DeviceIdMismatchError(record.clientId, topic.deviceId);
+  }
+  const topicBag = parsePropertyBag(topic.propertyBag);
+  const mqtt5 = mqtt5Bag(record);
+  // The topic's property bag wins over MQTT 5 properties of the same name.
+  const bag: PropertyBag = {
+    system: { ...mqtt5.system, ...topicBag.system },
+    application: { ...mqtt5.application, ...topicBag.application },
+  };
+  if (Object.keys(bag.application).length > PROPERTY_LIMITS.maxProperties) {
+    throw new LimitExceededError(
+      'TooManyProperties',
+      `a message may carry at most ${PROPERTY_LIMITS.maxProperties} application properties (property bag and MQTT 5 user properties together)`,
+      { limit: PROPERTY_LIMITS.maxProperties },
+    );
+  }
   const bytes = Buffer.from(record.body ?? '', 'base64');
   if (bytes.length > limits.maxMessageBytes) {
     throw new LimitExceededError(
@@ -98,7 +184,7 @@ export function buildEnvelope(record: IngestRecord, limits: EnvelopeLimits): D2C
     ...bag.system,
     'message-id': messageId,
     'iothub-connection-device-id': topic.deviceId,
-    'iothub-connection-auth-method': authMethod(record.principal),
+    'iothub-connection-auth-method': authMethod(record.principal, topic.deviceId),
     'iothub-enqueuedtime': enqueuedTime,
     'iothub-message-source': 'Telemetry',
   };

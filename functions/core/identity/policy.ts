@@ -1,6 +1,6 @@
 import { LimitExceededError, ValidationError } from '../errors.ts';
 import { describeDeviceIdProblem } from './device-id.ts';
-import { deviceTopicPrefixes } from './topics.ts';
+import { basicIngestEventsTopic, deviceTopicPrefixes, IOT_RULE_NAME } from './topics.ts';
 
 /** Where the policy applies: the partition, region and account of the IoT Core endpoint. */
 export interface PolicyTarget {
@@ -16,11 +16,16 @@ export interface PolicyTarget {
 export interface DevicePolicyInput extends PolicyTarget {
   /** The authenticated device; the only id the policy grants anything for. */
   readonly deviceId: string;
+  /**
+   * The ingest rule's name when Basic Ingest is on (`hub.basicIngest`, the authorizer's
+   * `BASIC_INGEST_RULE_NAME`). @default no Basic Ingest permission
+   */
+  readonly basicIngestRule?: string | undefined;
 }
 
 /** One IoT policy statement. Actions are always named; the builder never emits an `iot:*` action. */
 export interface IotPolicyStatement {
-  /** `Allow`, or `Deny` for the carve-out that closes the Basic Ingest wildcard. */
+  /** `Allow` (the builder writes no `Deny`; the type allows one for documents read back). */
   readonly Effect: 'Allow' | 'Deny';
   /** IoT actions (`iot:Connect`, `iot:Publish`, `iot:Subscribe`, `iot:Receive`). */
   readonly Action: readonly string[];
@@ -91,26 +96,26 @@ function checkTarget(input: DevicePolicyInput): void {
 
 /**
  * The IoT Core policy for one authenticated device: it may connect only with its own client id and use
- * only its own topics, the same families the local broker allows (`deviceTopicPrefixes` in `topics.ts`):
+ * only its own topics, the same families the local broker allows (`deviceTopicPrefixes` and
+ * `publishRefusal` in `topics.ts`):
  *
  * | action | resources (under `arn:{partition}:iot:{region}:{account}:`) |
  * | --- | --- |
  * | `iot:Connect` | `client/{id}` |
- * | `iot:Publish` | `topic/devices/{id}/*`, `topic/$aws/things/{id}/shadow/*`, `topic/$aws/rules/{R}/devices/{id}/*` |
+ * | `iot:Publish` | `topic/devices/{id}/*`, `topic/$aws/things/{id}/shadow/*` |
  * | `iot:Subscribe` | `topicfilter/devices/{id}/*`, `topicfilter/$aws/things/{id}/shadow/*` |
  * | `iot:Receive` | `topic/devices/{id}/*`, `topic/$aws/things/{id}/shadow/*` |
- * | `iot:Publish` **Deny** | `topic/$aws/rules/{R}/{R}/devices/{id}/*` |
+ * | `iot:Publish` (Basic Ingest on; a statement of its own) | `topic/$aws/rules/{rule}/devices/{id}/messages/events`, and the same followed by a slash and any suffix |
  *
- * where `{R}` stands for the wildcard `*` (written so here only because this is a comment).
  * IoT matches publish and receive against `topic/` ARNs and subscribe against `topicfilter/` ARNs (the
  * filter as written: `devices/{id}/messages/devicebound/#` matches `topicfilter/devices/{id}/*` because `#`
- * is literal in a policy). The Deny closes a hole in the Basic Ingest allow: its `*` (the rule name) also
- * matches `/`, so `$aws/rules/r/devices/other/x/devices/{id}/y` would pass as this device's topic while the
- * rule sees topic `devices/other/...`. Rule names have no `/`, so every legitimate Basic Ingest topic has
- * exactly one level between `rules/` and `devices/{id}/`, and the Deny matches only the spoofing form.
+ * is literal in a policy). Basic Ingest names the one ingest rule (`{rule}`, letters, digits and `_`), not a
+ * wildcard: a `*` in the rule level would also match `/`, so `$aws/rules/x/devices/other/...` hidden
+ * behind it could pass as this device's topic while the rule sees another device's. HTTPS publishes are
+ * authorized by the same `iot:Publish` statement (IoT Core checks no `iot:Connect` for them).
  *
  * The device id is escaped with {@link escapePolicyValue}. Throws a {@link ValidationError} for an id the
- * hub could not register or a malformed partition, region or account.
+ * hub could not register, a malformed partition, region or account, or a rule name IoT would not accept.
  *
  * @example
  * const policy = devicePolicyDocument({ deviceId: 'dev1', partition: 'aws', region: 'eu-west-1', account: '123456789012' });
@@ -120,22 +125,37 @@ export function devicePolicyDocument(input: DevicePolicyInput): IotPolicyDocumen
   const arn = `arn:${input.partition}:iot:${input.region}:${input.account}`;
   const id = escapePolicyValue(input.deviceId);
   const ownTopics = deviceTopicPrefixes(id).map((prefix) => `${prefix}*`);
+  const rule = input.basicIngestRule;
+  if (rule !== undefined && !IOT_RULE_NAME.test(rule)) {
+    throw new ValidationError(
+      'InvalidPolicyTarget',
+      `basicIngestRule: expected an IoT rule name ([a-zA-Z0-9_]{1,128}), got '${rule}'`,
+      { field: 'basicIngestRule', value: rule },
+    );
+  }
+  const basicIngest =
+    rule === undefined ? [] : [basicIngestEventsTopic(rule, id), `${basicIngestEventsTopic(rule, id)}/*`];
   return {
     Version: '2012-10-17',
     Statement: [
       { Effect: 'Allow', Action: ['iot:Connect'], Resource: [`${arn}:client/${id}`] },
-      {
-        Effect: 'Allow',
-        Action: ['iot:Publish'],
-        Resource: [...ownTopics, `$aws/rules/*/devices/${id}/*`].map((t) => `${arn}:topic/${t}`),
-      },
+      { Effect: 'Allow', Action: ['iot:Publish'], Resource: ownTopics.map((t) => `${arn}:topic/${t}`) },
       {
         Effect: 'Allow',
         Action: ['iot:Subscribe'],
         Resource: ownTopics.map((t) => `${arn}:topicfilter/${t}`),
       },
       { Effect: 'Allow', Action: ['iot:Receive'], Resource: ownTopics.map((t) => `${arn}:topic/${t}`) },
-      { Effect: 'Deny', Action: ['iot:Publish'], Resource: [`${arn}:topic/$aws/rules/*/*/devices/${id}/*`] },
+      // A statement of its own, so that a long escaped id and rule name still fit one document each.
+      ...(basicIngest.length === 0
+        ? []
+        : [
+            {
+              Effect: 'Allow' as const,
+              Action: ['iot:Publish'],
+              Resource: basicIngest.map((t) => `${arn}:topic/${t}`),
+            },
+          ]),
     ],
   };
 }
@@ -143,7 +163,7 @@ export function devicePolicyDocument(input: DevicePolicyInput): IotPolicyDocumen
 /**
  * {@link devicePolicyDocument} as the JSON strings a custom authorizer returns in `policyDocuments`: one
  * compact document when it fits {@link POLICY_DOCUMENT_MAX_CHARS}, else one document per statement (IoT
- * evaluates all documents together, so the Deny still applies). Long ids with many escaped characters need
+ * evaluates all documents together). Long ids with many escaped characters need
  * the split; the longest possible id still fits per statement, which a unit test pins.
  */
 export function devicePolicyDocuments(input: DevicePolicyInput): string[] {

@@ -50,7 +50,15 @@ export interface DevicePage {
 
 /** Result of one bulk operation. */
 export type BulkItemResult =
-  | { readonly index: number; readonly deviceId: string; readonly ok: true; readonly device?: Device }
+  | {
+      readonly index: number;
+      readonly deviceId: string;
+      readonly ok: true;
+      /** What the operation did: the device's lifecycle events follow from it. */
+      readonly outcome: 'created' | 'updated' | 'deleted';
+      /** The device as written, or as it was when deleted. */
+      readonly device: Device;
+    }
   | {
       readonly index: number;
       readonly deviceId: string;
@@ -93,8 +101,11 @@ export interface DeviceRegistry {
    * when a concurrent write with the same etag won.
    */
   replace(input: DeviceInput, options?: ConditionalOptions): Promise<Device>;
-  /** Deletes a device. Throws `DeviceNotFoundError` or `PreconditionFailedError`. */
-  delete(deviceId: string, options?: ConditionalOptions): Promise<void>;
+  /**
+   * Deletes a device and returns it as it was (the body of its `deleteDeviceIdentity` event). Throws
+   * `DeviceNotFoundError` or `PreconditionFailedError`.
+   */
+  delete(deviceId: string, options?: ConditionalOptions): Promise<Device>;
   /** One page of devices; throws `ValidationError` for a bad limit or cursor. */
   list(options?: ListOptions): Promise<DevicePage>;
   /**
@@ -240,34 +251,39 @@ export function checkBulkSize(operations: readonly BulkOperation[]): void {
   }
 }
 
-async function applyOne(registry: DeviceRegistry, op: BulkOperation): Promise<Device | undefined> {
+type Applied = { readonly outcome: 'created' | 'updated' | 'deleted'; readonly device: Device };
+
+async function applyOne(registry: DeviceRegistry, op: BulkOperation): Promise<Applied> {
   const id = op.device.deviceId;
   const ifMatch = op.eTag;
+  const created = async () => ({ outcome: 'created' as const, device: await registry.create(op.device) });
+  const updated = async (options: ConditionalOptions) => ({
+    outcome: 'updated' as const,
+    device: await registry.replace(op.device, options),
+  });
   switch (op.importMode) {
     case 'create':
-      return registry.create(op.device);
+      return created();
     case 'update':
-      return registry.replace(op.device);
+      return updated({});
     case 'updateIfMatchETag':
-      return registry.replace(op.device, { ifMatch: ifMatch ?? '' });
+      return updated({ ifMatch: ifMatch ?? '' });
     case 'delete':
-      await registry.delete(id);
-      return undefined;
+      return { outcome: 'deleted', device: await registry.delete(id) };
     case 'deleteIfMatchETag':
-      await registry.delete(id, { ifMatch: ifMatch ?? '' });
-      return undefined;
+      return { outcome: 'deleted', device: await registry.delete(id, { ifMatch: ifMatch ?? '' }) };
     case 'createOrUpdate':
     case 'createOrUpdateIfMatchETag': {
       const conditional = op.importMode === 'createOrUpdateIfMatchETag' ? { ifMatch: ifMatch ?? '' } : {};
       // A concurrent delete/create can slip between the two attempts; two rounds settle it.
       for (let attempt = 0; ; attempt++) {
         try {
-          return await registry.create(op.device);
+          return await created();
         } catch (error) {
           if (!(error instanceof DeviceAlreadyExistsError) || attempt > 0) throw error;
         }
         try {
-          return await registry.replace(op.device, conditional);
+          return await updated(conditional);
         } catch (error) {
           if (!(error instanceof DeviceNotFoundError)) throw error;
         }
@@ -309,8 +325,7 @@ export async function runBulk(
         const op = operations[index]!;
         const deviceId = op.device.deviceId;
         try {
-          const device = await applyOne(registry, op);
-          results[index] = device ? { index, deviceId, ok: true, device } : { index, deviceId, ok: true };
+          results[index] = { index, deviceId, ok: true, ...(await applyOne(registry, op)) };
         } catch (error) {
           if (!(error instanceof HubError)) throw error;
           results[index] = {

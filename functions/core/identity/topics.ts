@@ -8,20 +8,58 @@ export function deviceTopicPrefixes(deviceId: string): readonly string[] {
   return [`devices/${deviceId}/`, `$aws/things/${deviceId}/shadow/`];
 }
 
-// Basic Ingest: `$aws/rules/{rule}/{topic}`; rule names have no '/'.
-const BASIC_INGEST = /^\$aws\/rules\/[^/]+\/(.*)$/;
+/**
+ * The environment variable that gives the custom authorizer the ingest rule's name when Basic Ingest is
+ * on (`hub.basicIngest`); the local hub reads the same variable from the template.
+ */
+export const BASIC_INGEST_RULE_ENV = 'BASIC_INGEST_RULE_NAME';
+
+/** What IoT Core allows as a rule name (and so as the middle level of a Basic Ingest topic). */
+export const IOT_RULE_NAME = /^[a-zA-Z0-9_]{1,128}$/;
+
+/**
+ * The D2C topic of a device behind AWS IoT Basic Ingest's prefix for the ingest rule:
+ * `$aws/rules/{rule}/devices/{deviceId}/messages/events`. A device publishes to this, or to it
+ * followed by `/` and a property bag, and the rule sees the topic without the `$aws/rules/{rule}/`
+ * part (IoT Core strips it before `topic()`).
+ *
+ * @throws Error when `ruleName` is not an IoT rule name (letters, digits and `_`, 1-128).
+ */
+export function basicIngestEventsTopic(ruleName: string, deviceId: string): string {
+  if (!IOT_RULE_NAME.test(ruleName)) {
+    throw new Error(`Basic Ingest rule name '${ruleName}' is not an IoT rule name ([a-zA-Z0-9_]{1,128})`);
+  }
+  return `$aws/rules/${ruleName}/devices/${deviceId}/messages/events`;
+}
+
+/** Options of {@link publishRefusal}. */
+export interface PublishOptions {
+  /**
+   * The ingest rule's name when Basic Ingest is on (`hub.basicIngest`): the device may then also
+   * publish its telemetry to {@link basicIngestEventsTopic}. @default Basic Ingest topics are refused
+   */
+  readonly basicIngestRule?: string | undefined;
+}
 
 const isOwn = (deviceId: string, topic: string) =>
   deviceTopicPrefixes(deviceId).some((prefix) => topic.startsWith(prefix));
 
 /**
- * Why a device may not publish to `topic`, or undefined when it may: its own topics, and Basic
- * Ingest topics whose inner topic is its own.
+ * Why a device may not publish to `topic`, or undefined when it may: its own topics, and, when
+ * Basic Ingest is on, its own telemetry topic behind the ingest rule's Basic Ingest prefix.
  */
-export function publishRefusal(deviceId: string, topic: string): string | undefined {
+export function publishRefusal(
+  deviceId: string,
+  topic: string,
+  options: PublishOptions = {},
+): string | undefined {
   if (isOwn(deviceId, topic)) return undefined;
-  const inner = BASIC_INGEST.exec(topic)?.[1];
-  if (inner?.startsWith(`devices/${deviceId}/`)) return undefined;
+  const rule = options.basicIngestRule;
+  if (rule !== undefined && topic.startsWith('$aws/rules/')) {
+    const events = basicIngestEventsTopic(rule, deviceId);
+    if (topic === events || topic.startsWith(`${events}/`)) return undefined;
+    return `device '${deviceId}' may publish through Basic Ingest only to '${events}' or below it, not '${topic}'`;
+  }
   return `device '${deviceId}' may publish only under 'devices/${deviceId}/' or its own shadow topics, not '${topic}'`;
 }
 

@@ -1,3 +1,4 @@
+import type { LifecycleChange, LifecycleEvents } from '../d2c/lifecycle-events.ts';
 import { LimitExceededError, ValidationError } from '../errors.ts';
 import {
   type BulkOperation,
@@ -38,6 +39,12 @@ export interface RegistryRouteDeps {
   readonly onDeviceDisabledOrDeleted: (deviceId: string, reason: 'disabled' | 'deleted') => Promise<void>;
   /** Where disconnect failures are logged. */
   readonly log: Log;
+  /**
+   * Where creates and deletes (single and bulk) are reported as IoT Hub's device lifecycle events,
+   * after the registry write and before the answer (see `IngestLifecycleEvents` for the crash window).
+   * @default none: no lifecycle events
+   */
+  readonly lifecycleEvents?: LifecycleEvents;
 }
 
 /** Response header (and request header) carrying IoT Hub's list continuation token. */
@@ -155,6 +162,8 @@ function cutsConnection(operation: BulkOperation, device: Device | undefined): b
  */
 export function registryRoutes(deps: RegistryRouteDeps): RouteEntry[] {
   const { registry, log } = deps;
+  const emit = (changes: LifecycleChange[]): Promise<void> =>
+    deps.lifecycleEvents?.emit(changes) ?? Promise.resolve();
 
   const cutConnection = async (deviceId: string, reason: 'disabled' | 'deleted'): Promise<void> => {
     try {
@@ -183,7 +192,11 @@ export function registryRoutes(deps: RegistryRouteDeps): RouteEntry[] {
           );
         }
         const ifMatch = ifMatchOf(request);
-        if (ifMatch === undefined) return deviceResponse(201, await registry.create(input));
+        if (ifMatch === undefined) {
+          const created = await registry.create(input);
+          await emit([{ opType: 'createDeviceIdentity', device: created, at: new Date() }]);
+          return deviceResponse(201, created);
+        }
         const device = await registry.replace(input, { ifMatch });
         if (device.status === 'disabled') await cutConnection(device.deviceId, 'disabled');
         return deviceResponse(200, device);
@@ -203,7 +216,8 @@ export function registryRoutes(deps: RegistryRouteDeps): RouteEntry[] {
       handle: async (request, params) => {
         const id = validateDeviceId(params.id, 'deviceId');
         const ifMatch = ifMatchOf(request);
-        await registry.delete(id, ifMatch === undefined ? {} : { ifMatch });
+        const deleted = await registry.delete(id, ifMatch === undefined ? {} : { ifMatch });
+        await emit([{ opType: 'deleteDeviceIdentity', device: deleted, at: new Date() }]);
         await cutConnection(id, 'deleted');
         return jsonResponse(204, undefined);
       },
@@ -250,6 +264,14 @@ export function registryRoutes(deps: RegistryRouteDeps): RouteEntry[] {
         }
         const operations = parseBulkBody(json);
         const result = await registry.bulk(operations);
+        const at = new Date();
+        await emit(
+          result.results.flatMap((item): LifecycleChange[] => {
+            if (!item.ok || item.outcome === 'updated') return [];
+            const opType = item.outcome === 'created' ? 'createDeviceIdentity' : 'deleteDeviceIdentity';
+            return [{ opType, device: item.device, at }];
+          }),
+        );
         const cuts = result.results.flatMap((item) => {
           const operation = operations[item.index];
           if (!item.ok || operation === undefined || !cutsConnection(operation, item.device)) return [];

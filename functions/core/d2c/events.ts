@@ -1,0 +1,312 @@
+import { z } from 'zod';
+import { HubError, ValidationError } from '../errors.ts';
+import type { Device } from '../identity/device.ts';
+import type { RouteSource } from '../routing/config.ts';
+import {
+  buildEnvelope,
+  type D2CEnvelope,
+  ENVELOPE_VERSION,
+  type EnvelopeLimits,
+  IngestRecordSchema,
+} from './envelope.ts';
+
+/**
+ * IoT Hub's non-telemetry events, routed like D2C messages: device lifecycle events
+ * (`createDeviceIdentity` / `deleteDeviceIdentity`) and device connection state events
+ * (`deviceConnected` / `deviceDisconnected`). Both travel on the ingest stream next to telemetry,
+ * keyed by device id, as records with a `kind` field (telemetry records have none), and the router
+ * turns them into the same {@link D2CEnvelope} as telemetry, with IoT Hub's event properties.
+ * Documented in `docs/routing.md` (section "Route sources").
+ */
+
+/** `kind` of a lifecycle record, which the service API writes after each registry create/delete. */
+export const LIFECYCLE_KIND = 'deviceLifecycle';
+/** `kind` of a connection state record, which the presence rule (`lib/event-sources.ts`) writes. */
+export const CONNECTION_STATE_KIND = 'connectionState';
+
+/** Lifecycle operations, IoT Hub's `opType` values. */
+export const LIFECYCLE_OP_TYPES = ['createDeviceIdentity', 'deleteDeviceIdentity'] as const;
+export type LifecycleOpType = (typeof LIFECYCLE_OP_TYPES)[number];
+
+/**
+ * The device identity as the body of a lifecycle event: the service API's Device JSON without the
+ * symmetric keys (everyone who may read an endpoint would otherwise read every device's keys).
+ */
+export type DeviceIdentityBody = Omit<Device, 'authentication'> & {
+  readonly authentication: Omit<Device['authentication'], 'symmetricKey'>;
+};
+
+/**
+ * A lifecycle record on the ingest stream (written by the service API, partition key = device id).
+ * `device` is {@link DeviceIdentityBody}: checked here only for the fields the envelope needs.
+ */
+export const LifecycleRecordSchema = z.object({
+  kind: z.literal(LIFECYCLE_KIND),
+  opType: z.enum(LIFECYCLE_OP_TYPES),
+  deviceId: z.string().min(1),
+  /** Epoch millis of the registry write. */
+  operationTime: z.number().int().nonnegative(),
+  /** The created device, or the device as it was when deleted. */
+  device: z.looseObject({ deviceId: z.string().min(1) }),
+  /** Epoch millis at which the record was put on the ingest stream. */
+  enqueuedTime: z.number().int().nonnegative(),
+  /** Stamped once by the writer; retries of the write keep it, so it is the event's message id. */
+  ingestId: z.string().min(1),
+});
+export type LifecycleRecord = z.infer<typeof LifecycleRecordSchema>;
+
+/**
+ * A connection state record: AWS IoT's presence event (`$aws/events/presence/{connected|disconnected}/{clientId}`)
+ * as the presence rule selects it (`SELECT *, 'connectionState' AS kind, timestamp() AS enqueuedTime,
+ * newuuid() AS ingestId`, see `connectionStateSql` in `lib/event-sources.ts`). Other presence fields
+ * (`ipAddress`, `thingName`, ...) may be present and are ignored.
+ */
+export const ConnectionStateRecordSchema = z.object({
+  kind: z.literal(CONNECTION_STATE_KIND),
+  /** The client id, which the hub binds to the device id (the authorizer admits no other). */
+  clientId: z.string().min(1),
+  eventType: z.enum(['connected', 'disconnected']),
+  /** Epoch millis of the connect/disconnect (the presence event's own timestamp). */
+  timestamp: z.number().int().nonnegative(),
+  /** AWS IoT's per-client version of the connection; orders events of one client. Absent: 0. */
+  versionNumber: z.number().int().nonnegative().optional(),
+  sessionIdentifier: z.string().optional(),
+  principalIdentifier: z.string().optional(),
+  disconnectReason: z.string().optional(),
+  clientInitiatedDisconnect: z.boolean().optional(),
+  /** `timestamp()` of the rule. */
+  enqueuedTime: z.number().int().nonnegative(),
+  /** `newuuid()` of the rule. */
+  ingestId: z.string().min(1),
+});
+export type ConnectionStateRecord = z.infer<typeof ConnectionStateRecordSchema>;
+
+/** Any ingest-stream record, told apart by `kind` (telemetry has none). */
+export type ParsedIngestRecord =
+  | { readonly kind: 'telemetry'; readonly record: z.infer<typeof IngestRecordSchema> }
+  | { readonly kind: typeof LIFECYCLE_KIND; readonly record: LifecycleRecord }
+  | { readonly kind: typeof CONNECTION_STATE_KIND; readonly record: ConnectionStateRecord };
+
+/** A record turned into what the router routes: the envelope, its route source and the body bytes conditions read. */
+export interface RoutableMessage {
+  readonly envelope: D2CEnvelope;
+  readonly source: RouteSource;
+  /** The raw body (for `$body` conditions). */
+  readonly body: Uint8Array;
+}
+
+/** The device id and ingest id of a record, as far as they can be read (for dead letters). */
+export function recordIds(parsed: ParsedIngestRecord): { deviceId: string; ingestId: string } {
+  switch (parsed.kind) {
+    case 'telemetry':
+      return { deviceId: parsed.record.clientId, ingestId: parsed.record.ingestId };
+    case LIFECYCLE_KIND:
+      return { deviceId: parsed.record.deviceId, ingestId: parsed.record.ingestId };
+    case CONNECTION_STATE_KIND:
+      return { deviceId: parsed.record.clientId, ingestId: parsed.record.ingestId };
+  }
+}
+
+function schemaError(code: string, what: string, error: z.ZodError): HubError {
+  const detail = error.issues.map((i) => `${i.path.join('.') || '(record)'}: ${i.message}`).join('; ');
+  return new HubError(code, `${what} does not match the schema: ${detail}`);
+}
+
+/**
+ * Tells an ingest record's kind and validates it against that kind's schema.
+ *
+ * @throws HubError `InvalidIngestRecord` (telemetry), `InvalidLifecycleRecord`,
+ *   `InvalidConnectionStateRecord`, or `UnknownRecordKind` (a `kind` this router does not know:
+ *   a newer writer, or a corrupt record), each naming the bad fields.
+ */
+export function parseIngestRecord(json: unknown): ParsedIngestRecord {
+  const kind =
+    typeof json === 'object' && json !== null && !Array.isArray(json) && Object.hasOwn(json, 'kind')
+      ? (json as { kind: unknown }).kind
+      : undefined;
+  if (kind === undefined) {
+    const parsed = IngestRecordSchema.safeParse(json);
+    if (!parsed.success) throw schemaError('InvalidIngestRecord', 'ingest record', parsed.error);
+    return { kind: 'telemetry', record: parsed.data };
+  }
+  if (kind === LIFECYCLE_KIND) {
+    const parsed = LifecycleRecordSchema.safeParse(json);
+    if (!parsed.success) throw schemaError('InvalidLifecycleRecord', 'device lifecycle record', parsed.error);
+    return { kind: LIFECYCLE_KIND, record: parsed.data };
+  }
+  if (kind === CONNECTION_STATE_KIND) {
+    const parsed = ConnectionStateRecordSchema.safeParse(json);
+    if (!parsed.success) {
+      throw schemaError('InvalidConnectionStateRecord', 'connection state record', parsed.error);
+    }
+    return { kind: CONNECTION_STATE_KIND, record: parsed.data };
+  }
+  throw new HubError(
+    'UnknownRecordKind',
+    `ingest record kind ${JSON.stringify(kind)} is unknown (expected no kind for telemetry, '${LIFECYCLE_KIND}' or '${CONNECTION_STATE_KIND}')`,
+    { kind: typeof kind === 'string' ? kind : String(kind) },
+  );
+}
+
+/**
+ * Turns a parsed record into the envelope the router writes and the route source it is routed
+ * under: telemetry through {@link buildEnvelope} (unchanged), events through the builders below.
+ *
+ * @throws what {@link buildEnvelope} throws, and `ValidationError` `DeviceIdMismatch` for a
+ *   lifecycle record whose device is not its device id.
+ */
+export function toRoutableMessage(
+  parsed: ParsedIngestRecord,
+  options: { readonly limits: EnvelopeLimits; readonly hubName: string },
+): RoutableMessage {
+  switch (parsed.kind) {
+    case 'telemetry': {
+      const envelope = buildEnvelope(parsed.record, options.limits);
+      return { envelope, source: 'DeviceMessages', body: Buffer.from(parsed.record.body ?? '', 'base64') };
+    }
+    case LIFECYCLE_KIND: {
+      const envelope = buildLifecycleEnvelope(parsed.record, options.hubName);
+      return { envelope, source: 'DeviceLifecycleEvents', body: jsonBytes(envelope.body) };
+    }
+    case CONNECTION_STATE_KIND: {
+      const envelope = buildConnectionStateEnvelope(parsed.record, options.hubName);
+      return { envelope, source: 'DeviceConnectionStateEvents', body: jsonBytes(envelope.body) };
+    }
+  }
+}
+
+function jsonBytes(value: unknown): Uint8Array {
+  return Buffer.from(JSON.stringify(value), 'utf8');
+}
+
+/** The device as a lifecycle event's body: {@link DeviceIdentityBody}. The writer calls this. */
+export function deviceIdentityBody(device: Device): DeviceIdentityBody {
+  const { symmetricKey: _keys, ...authentication } = device.authentication;
+  return {
+    deviceId: device.deviceId,
+    generationId: device.generationId,
+    etag: device.etag,
+    connectionState: device.connectionState,
+    status: device.status,
+    statusReason: device.statusReason,
+    connectionStateUpdatedTime: device.connectionStateUpdatedTime,
+    statusUpdatedTime: device.statusUpdatedTime,
+    lastActivityTime: device.lastActivityTime,
+    cloudToDeviceMessageCount: device.cloudToDeviceMessageCount,
+    authentication,
+    capabilities: device.capabilities ?? { iotEdge: false },
+  };
+}
+
+interface EventParts {
+  readonly hubName: string;
+  readonly deviceId: string;
+  readonly opType: string;
+  readonly operationTime: number;
+  readonly schema: string;
+  readonly source: string;
+  readonly enqueuedTime: number;
+  readonly ingestId: string;
+  readonly body: unknown;
+}
+
+function eventEnvelope(parts: EventParts): D2CEnvelope {
+  const enqueuedTime = new Date(parts.enqueuedTime).toISOString();
+  return {
+    version: ENVELOPE_VERSION,
+    messageId: parts.ingestId,
+    deviceId: parts.deviceId,
+    enqueuedTime,
+    systemProperties: {
+      'message-id': parts.ingestId,
+      'content-type': 'application/json',
+      'content-encoding': 'utf-8',
+      'iothub-connection-device-id': parts.deviceId,
+      'iothub-enqueuedtime': enqueuedTime,
+      'iothub-message-source': parts.source,
+    },
+    properties: {
+      hubName: parts.hubName,
+      deviceId: parts.deviceId,
+      opType: parts.opType,
+      operationTimestamp: new Date(parts.operationTime).toISOString(),
+      'iothub-message-schema': parts.schema,
+    },
+    bodyEncoding: 'json',
+    body: parts.body,
+  };
+}
+
+/**
+ * A device lifecycle event as IoT Hub emits it: application properties `hubName`, `deviceId`,
+ * `opType` (`createDeviceIdentity` / `deleteDeviceIdentity`), `operationTimestamp`,
+ * `iothub-message-schema: deviceLifecycleNotification`; system property `iothub-message-source:
+ * deviceLifecycleEvents`; body the device identity without keys (IoT Hub sends the twin there; this
+ * hub has no twins yet). Symmetric keys in the record, which the writer never puts there, are dropped.
+ *
+ * @throws ValidationError `DeviceIdMismatch` when `device.deviceId` is not `deviceId`.
+ */
+export function buildLifecycleEnvelope(record: LifecycleRecord, hubName: string): D2CEnvelope {
+  if (record.device.deviceId !== record.deviceId) {
+    throw new ValidationError(
+      'DeviceIdMismatch',
+      `lifecycle record for device '${record.deviceId}' carries device '${record.device.deviceId}'`,
+      { deviceId: record.deviceId, bodyDeviceId: record.device.deviceId },
+    );
+  }
+  let body: Record<string, unknown> = record.device;
+  const auth = body.authentication;
+  if (typeof auth === 'object' && auth !== null && Object.hasOwn(auth, 'symmetricKey')) {
+    const { symmetricKey: _keys, ...rest } = auth as Record<string, unknown>;
+    body = { ...body, authentication: rest };
+  }
+  return eventEnvelope({
+    hubName,
+    deviceId: record.deviceId,
+    opType: record.opType,
+    operationTime: record.operationTime,
+    schema: 'deviceLifecycleNotification',
+    source: 'deviceLifecycleEvents',
+    enqueuedTime: record.enqueuedTime,
+    ingestId: record.ingestId,
+    body,
+  });
+}
+
+const hex16 = (n: number): string => Math.trunc(n).toString(16).padStart(16, '0').slice(-16);
+
+/**
+ * The `sequenceNumber` of a connection state event. IoT Hub's is 64 hex digits that grow with each
+ * event of a device and are compared as strings; this one keeps that shape and property, derived from
+ * the presence event: digits 1-16 its timestamp (epoch ms), 17-32 AWS IoT's `versionNumber` (per
+ * client, grows with each connection), 33-48 `1` for connected and `2` for disconnected (so the
+ * disconnect of a connection sorts after its connect within one millisecond), 49-64 zero. It is
+ * monotonic per device as far as the front door's clock is; AWS IoT may deliver presence events out of
+ * order or twice, so consumers that keep "the latest state" should keep the larger sequence number,
+ * as IoT Hub advises.
+ */
+export function connectionSequenceNumber(record: ConnectionStateRecord): string {
+  const rank = record.eventType === 'connected' ? 1 : 2;
+  return `${hex16(record.timestamp)}${hex16(record.versionNumber ?? 0)}${hex16(rank)}${'0'.repeat(16)}`;
+}
+
+/**
+ * A device connection state event as IoT Hub emits it: application properties `hubName`,
+ * `deviceId`, `opType` (`deviceConnected` / `deviceDisconnected`), `operationTimestamp` (the presence
+ * event's time), `iothub-message-schema: deviceConnectionStateNotification`; system property
+ * `iothub-message-source: deviceConnectionStateEvents`; body `{ "sequenceNumber": ... }` (see
+ * {@link connectionSequenceNumber}).
+ */
+export function buildConnectionStateEnvelope(record: ConnectionStateRecord, hubName: string): D2CEnvelope {
+  return eventEnvelope({
+    hubName,
+    deviceId: record.clientId,
+    opType: record.eventType === 'connected' ? 'deviceConnected' : 'deviceDisconnected',
+    operationTime: record.timestamp,
+    schema: 'deviceConnectionStateNotification',
+    source: 'deviceConnectionStateEvents',
+    enqueuedTime: record.enqueuedTime,
+    ingestId: record.ingestId,
+    body: { sequenceNumber: connectionSequenceNumber(record) },
+  });
+}
