@@ -15,7 +15,6 @@ import {
   SUBSCRIBED_EVENTS_SQL,
 } from '../../functions/core/c2d/topics.ts';
 import { parseHubConfig } from '../../lib/config.ts';
-import type { HubFunction } from '../../lib/hub-function.ts';
 import type { HubStack } from '../../lib/hub-stack.ts';
 import type { HubTopicRule } from '../../lib/topic-rule.ts';
 import { type CfnTemplate, readTemplate } from '../../local/template.ts';
@@ -26,6 +25,7 @@ import {
   iamStatements,
   logicalId,
   referencedIds,
+  roleLogicalId,
   synthHub,
 } from './hub-template.ts';
 
@@ -46,12 +46,6 @@ let ids: {
   schedule: string;
 };
 
-const roleOf = (fn: HubFunction): string => {
-  const role = fn.function.role;
-  if (role === undefined) throw new Error(`${fn.node.path} has no role`);
-  return logicalId(role);
-};
-
 beforeAll(() => {
   ({ stack, template } = synthHub());
   ids = {
@@ -60,11 +54,11 @@ beforeAll(() => {
     deadLetters: logicalId(stack.deadLetters.table),
     feedback: logicalId(stack.c2d.feedbackStream),
     delivery: logicalId(stack.c2d.delivery.function),
-    deliveryRole: roleOf(stack.c2d.delivery),
+    deliveryRole: roleLogicalId(stack.c2d.delivery),
     settlement: logicalId(stack.c2d.settlement.function),
-    settlementRole: roleOf(stack.c2d.settlement),
+    settlementRole: roleLogicalId(stack.c2d.settlement),
     serviceApi: logicalId(stack.identity.serviceApi.function),
-    serviceApiRole: roleOf(stack.identity.serviceApi),
+    serviceApiRole: roleLogicalId(stack.identity.serviceApi),
     schedule: logicalId(stack.c2d.schedule),
   };
 });

@@ -5,20 +5,21 @@ import {
   connectionStateSql,
   PRESENCE_TOPIC_FILTER,
 } from '../../lib/event-sources.ts';
-import type { HubFunction } from '../../lib/hub-function.ts';
 import type { HubStack } from '../../lib/hub-stack.ts';
 import { compileIotSql, evaluateSubstitutionTemplate } from '../../local/iot-sql.ts';
-import { arnOf, iamStatements, logicalId, referencedIds, synthHub, synthWithNag } from './hub-template.ts';
+import {
+  arnOf,
+  iamStatements,
+  logicalId,
+  referencedIds,
+  roleLogicalId,
+  synthHub,
+  synthWithNag,
+} from './hub-template.ts';
 
 let stack: HubStack;
 let template: Template;
 let ids: { ingest: string; deadLetters: string; rule: string; ruleRole: string; serviceApiRole: string };
-
-const roleOf = (fn: HubFunction): string => {
-  const role = fn.function.role;
-  if (role === undefined) throw new Error(`${fn.node.path} has no role`);
-  return logicalId(role);
-};
 
 beforeAll(() => {
   ({ stack, template } = synthHub());
@@ -27,7 +28,7 @@ beforeAll(() => {
     deadLetters: logicalId(stack.deadLetters.table),
     rule: logicalId(stack.eventSources.connectionStateRule.rule),
     ruleRole: logicalId(stack.eventSources.connectionStateRule.role),
-    serviceApiRole: roleOf(stack.identity.serviceApi),
+    serviceApiRole: roleLogicalId(stack.identity.serviceApi),
   };
 });
 

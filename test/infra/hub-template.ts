@@ -8,6 +8,7 @@ import { vi } from 'vitest';
 import { z } from 'zod';
 import { buildHub } from '../../lib/app.ts';
 import { HubConfigError, type HubConfigInput, parseHubConfig } from '../../lib/config.ts';
+import type { HubFunction } from '../../lib/hub-function.ts';
 import type { HubStack } from '../../lib/hub-stack.ts';
 
 /** Context that skips NodejsFunction bundling (esbuild) so a synth takes a second or two, not ten. */
@@ -109,6 +110,13 @@ export function synthWithNag(
 export function logicalId(construct: IConstruct): string {
   const element = (construct.node.defaultChild ?? construct) as CfnElement;
   return Stack.of(construct).getLogicalId(element);
+}
+
+/** The logical id of a hub function's execution role. */
+export function roleLogicalId(fn: HubFunction): string {
+  const role = fn.function.role;
+  if (role === undefined) throw new Error(`${fn.node.path} has no role`);
+  return logicalId(role);
 }
 
 const StatementSchema = z.object({

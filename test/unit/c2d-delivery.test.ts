@@ -24,7 +24,7 @@ import {
 } from '../../functions/core/c2d/topics.ts';
 import { HubError, ValidationError } from '../../functions/core/errors.ts';
 import { statusOf } from '../../functions/core/service-api/http.ts';
-import { decodeDelivery, FakeClock, MemoryLog, RecordingPublisher } from './c2d-fakes.ts';
+import { decodeDelivery, FakeClock, MemoryLog, RecordingPublisher } from './fakes.ts';
 
 const T0 = Date.parse('2030-01-01T00:00:00.000Z');
 const LOCK_MS = 30_000;

@@ -15,7 +15,7 @@ import {
 } from '../../functions/core/c2d/topics.ts';
 import { TransientError } from '../../functions/core/errors.ts';
 import type { StreamEntry, StreamSink } from '../../functions/core/ports.ts';
-import { MemoryLog, RecordingPublisher } from './c2d-fakes.ts';
+import { MemoryLog, RecordingPublisher } from './fakes.ts';
 
 // The modules build their default handlers at import time; give them the variables their stack would.
 vi.hoisted(() => {

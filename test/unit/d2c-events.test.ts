@@ -1,7 +1,6 @@
 import type { APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { describe, expect, it, vi } from 'vitest';
 import { MemoryDeviceRegistry } from '../../functions/adapters/registry-memory.ts';
-import { decodeEnvelope } from '../../functions/core/d2c/envelope.ts';
 import {
   buildConnectionStateEnvelope,
   buildLifecycleEnvelope,
@@ -15,11 +14,11 @@ import { IngestLifecycleEvents, type LifecycleChange } from '../../functions/cor
 import { type RouterDeps, routeBatch, type SourceRecord } from '../../functions/core/d2c/router.ts';
 import { HubError } from '../../functions/core/errors.ts';
 import type { Device } from '../../functions/core/identity/device.ts';
-import type { DeadLetter, DeadLetterStore, StreamEntry, StreamSink } from '../../functions/core/ports.ts';
+import type { DeadLetter, DeadLetterStore, StreamSink } from '../../functions/core/ports.ts';
 import { routingConfigSchema } from '../../functions/core/routing/config.ts';
 import { compileRouting } from '../../functions/core/routing/table.ts';
 import { urlEvent } from '../support/function-url-event.ts';
-import { MemoryLog } from './c2d-fakes.ts';
+import { FakeSink, MemoryLog } from './fakes.ts';
 
 // The service API module builds its default handler at import time; give it what its stack would.
 vi.hoisted(() => {
@@ -220,24 +219,6 @@ describe('parseIngestRecord', () => {
     expect((error as HubError).message).toMatch(message);
   });
 });
-
-class FakeSink implements StreamSink {
-  readonly calls: StreamEntry[][] = [];
-  readonly written: StreamEntry[] = [];
-  constructor(private readonly accept: (entry: StreamEntry, call: number) => boolean = () => true) {}
-  async put(entries: readonly StreamEntry[]): Promise<readonly boolean[]> {
-    const call = this.calls.length;
-    this.calls.push([...entries]);
-    return entries.map((entry) => {
-      const ok = this.accept(entry, call);
-      if (ok) this.written.push(entry);
-      return ok;
-    });
-  }
-  get envelopes() {
-    return this.written.map((e) => decodeEnvelope(e.data));
-  }
-}
 
 class FakeDeadLetters implements DeadLetterStore {
   readonly letters: DeadLetter[] = [];

@@ -11,37 +11,9 @@ import type {
 } from '../../functions/core/ports.ts';
 import { routingConfigSchema } from '../../functions/core/routing/config.ts';
 import { compileRouting } from '../../functions/core/routing/table.ts';
+import { FakeSink } from './fakes.ts';
 
 const NOW = new Date('2030-01-02T03:04:05.000Z');
-
-/** A stream sink that records every call and lets a test decide, per entry, whether it is written. */
-class FakeSink implements StreamSink {
-  readonly calls: StreamEntry[][] = [];
-  readonly written: StreamEntry[] = [];
-
-  constructor(private readonly accept: (entry: StreamEntry, call: number) => boolean = () => true) {}
-
-  async put(entries: readonly StreamEntry[]): Promise<readonly boolean[]> {
-    const call = this.calls.length;
-    this.calls.push([...entries]);
-    return entries.map((entry) => {
-      const ok = this.accept(entry, call);
-      if (ok) this.written.push(entry);
-      return ok;
-    });
-  }
-
-  /** Message ids written for one device, in write order. */
-  idsOf(deviceId: string): string[] {
-    return this.written
-      .filter((e) => e.partitionKey === deviceId)
-      .map((e) => decodeEnvelope(e.data).messageId);
-  }
-
-  get writtenIds(): string[] {
-    return this.written.map((e) => decodeEnvelope(e.data).messageId);
-  }
-}
 
 /** A sink whose every call is rejected. */
 class ThrowingSink implements StreamSink {

@@ -8,7 +8,7 @@ import type { FeedbackRecord } from '../../functions/core/c2d/feedback.ts';
 import { MAX_BODY_BYTES } from '../../functions/core/c2d/message.ts';
 import type { DeviceConnections } from '../../functions/core/service-api/registry-routes.ts';
 import { type EventOptions, urlEvent } from '../support/function-url-event.ts';
-import { FakeClock, MemoryLog, RecordingPublisher } from './c2d-fakes.ts';
+import { FakeClock, MemoryLog, RecordingPublisher } from './fakes.ts';
 
 // The module builds its default handler at import time; give it the variables its stack would.
 vi.hoisted(() => {

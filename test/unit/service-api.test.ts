@@ -19,7 +19,7 @@ import type { Device } from '../../functions/core/identity/device.ts';
 import { errorResponse, RouteTable } from '../../functions/core/service-api/http.ts';
 import type { DeviceConnections } from '../../functions/core/service-api/registry-routes.ts';
 import { type EventOptions, urlEvent } from '../support/function-url-event.ts';
-import { MemoryLog } from './c2d-fakes.ts';
+import { MemoryLog } from './fakes.ts';
 
 // The module builds its default handler at import time; give it the variable its stack would.
 vi.hoisted(() => {

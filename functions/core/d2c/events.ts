@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { HubError, ValidationError } from '../errors.ts';
-import type { Device } from '../identity/device.ts';
+import { type Device, type DeviceJson, toDeviceJson } from '../identity/device.ts';
 import type { RouteSource } from '../routing/config.ts';
 import {
   buildEnvelope,
@@ -32,8 +32,8 @@ export type LifecycleOpType = (typeof LIFECYCLE_OP_TYPES)[number];
  * The device identity as the body of a lifecycle event: the service API's Device JSON without the
  * symmetric keys (everyone who may read an endpoint would otherwise read every device's keys).
  */
-export type DeviceIdentityBody = Omit<Device, 'authentication'> & {
-  readonly authentication: Omit<Device['authentication'], 'symmetricKey'>;
+export type DeviceIdentityBody = Omit<DeviceJson, 'authentication'> & {
+  readonly authentication: Omit<DeviceJson['authentication'], 'symmetricKey'>;
 };
 
 /**
@@ -181,21 +181,9 @@ function jsonBytes(value: unknown): Uint8Array {
 
 /** The device as a lifecycle event's body: {@link DeviceIdentityBody}. The writer calls this. */
 export function deviceIdentityBody(device: Device): DeviceIdentityBody {
-  const { symmetricKey: _keys, ...authentication } = device.authentication;
-  return {
-    deviceId: device.deviceId,
-    generationId: device.generationId,
-    etag: device.etag,
-    connectionState: device.connectionState,
-    status: device.status,
-    statusReason: device.statusReason,
-    connectionStateUpdatedTime: device.connectionStateUpdatedTime,
-    statusUpdatedTime: device.statusUpdatedTime,
-    lastActivityTime: device.lastActivityTime,
-    cloudToDeviceMessageCount: device.cloudToDeviceMessageCount,
-    authentication,
-    capabilities: device.capabilities ?? { iotEdge: false },
-  };
+  const json = toDeviceJson(device);
+  const { symmetricKey: _keys, ...authentication } = json.authentication;
+  return { ...json, authentication };
 }
 
 interface EventParts {

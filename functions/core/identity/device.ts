@@ -388,3 +388,52 @@ export function resolveAuthentication(input: AuthenticationInput | undefined): D
         : { primaryThumbprint: null, secondaryThumbprint: null },
   };
 }
+
+/** IoT Hub's Device JSON, as the registry routes return it. */
+export interface DeviceJson {
+  /** Device id. */
+  readonly deviceId: string;
+  /** Generation id. */
+  readonly generationId: string;
+  /** Etag, unquoted (the `etag` header carries it quoted). */
+  readonly etag: string;
+  /** `Connected` or `Disconnected`. */
+  readonly connectionState: Device['connectionState'];
+  /** `enabled` or `disabled`. */
+  readonly status: Device['status'];
+  /** Reason for the status. */
+  readonly statusReason: string | null;
+  /** Time of the last connection-state event. */
+  readonly connectionStateUpdatedTime: string;
+  /** Time of the last status change. */
+  readonly statusUpdatedTime: string;
+  /** Last activity. */
+  readonly lastActivityTime: string;
+  /** Messages waiting in the C2D queue. */
+  readonly cloudToDeviceMessageCount: number;
+  /** Credentials, keys included (IoT Hub returns them to service callers). */
+  readonly authentication: DeviceAuthentication;
+  /** Capabilities; `{ iotEdge: false }` when never set, as IoT Hub prints it. */
+  readonly capabilities: DeviceCapabilities;
+}
+
+/**
+ * A device as IoT Hub's service API prints it: only the registry's fields, in IoT Hub's order, so attributes
+ * other modules keep on the stored item never leak.
+ */
+export function toDeviceJson(device: Device): DeviceJson {
+  return {
+    deviceId: device.deviceId,
+    generationId: device.generationId,
+    etag: device.etag,
+    connectionState: device.connectionState,
+    status: device.status,
+    statusReason: device.statusReason,
+    connectionStateUpdatedTime: device.connectionStateUpdatedTime,
+    statusUpdatedTime: device.statusUpdatedTime,
+    lastActivityTime: device.lastActivityTime,
+    cloudToDeviceMessageCount: device.cloudToDeviceMessageCount,
+    authentication: device.authentication,
+    capabilities: device.capabilities ?? { iotEdge: false },
+  };
+}

@@ -1,9 +1,45 @@
 /**
- * Fakes shared by the C2D unit tests: a recording publisher that can be made to fail, a recording log,
- * a controllable clock and a decoder for devicebound topics.
+ * Fakes shared by the unit tests: a recording publisher that can be made to fail, a recording log,
+ * a controllable clock, a decoder for devicebound topics and a recording stream sink.
  */
 import type { DevicePublisher } from '../../functions/core/c2d/delivery.ts';
-import type { Log } from '../../functions/core/ports.ts';
+import { decodeEnvelope } from '../../functions/core/d2c/envelope.ts';
+import type { Log, StreamEntry, StreamSink } from '../../functions/core/ports.ts';
+
+/** A stream sink that records every call and lets a test decide, per entry, whether it is written. */
+export class FakeSink implements StreamSink {
+  readonly calls: StreamEntry[][] = [];
+  readonly written: StreamEntry[] = [];
+
+  constructor(private readonly accept: (entry: StreamEntry, call: number) => boolean = () => true) {}
+
+  async put(entries: readonly StreamEntry[]): Promise<readonly boolean[]> {
+    const call = this.calls.length;
+    this.calls.push([...entries]);
+    return entries.map((entry) => {
+      const ok = this.accept(entry, call);
+      if (ok) this.written.push(entry);
+      return ok;
+    });
+  }
+
+  /** The written entries as envelopes. */
+  get envelopes() {
+    return this.written.map((e) => decodeEnvelope(e.data));
+  }
+
+  /** Message ids written for one device, in write order. */
+  idsOf(deviceId: string): string[] {
+    return this.written
+      .filter((e) => e.partitionKey === deviceId)
+      .map((e) => decodeEnvelope(e.data).messageId);
+  }
+
+  /** Message ids written, in write order. */
+  get writtenIds(): string[] {
+    return this.written.map((e) => decodeEnvelope(e.data).messageId);
+  }
+}
 
 /** One publish the hub made. */
 export interface Published {
