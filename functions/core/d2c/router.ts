@@ -121,11 +121,16 @@ export async function routeBatch(records: readonly SourceRecord[], deps: RouterD
           );
         }
       }
+      // Serialized once for every endpoint without enrichments, once more per enriched one.
+      let plain: Buffer | undefined;
+      const serialize = (properties: Readonly<Record<string, string>>): Buffer => {
+        if (properties !== envelope.properties)
+          return Buffer.from(JSON.stringify({ ...envelope, properties }));
+        plain ??= Buffer.from(JSON.stringify(envelope));
+        return plain;
+      };
       for (const endpoint of targets) {
-        const properties = routing.enrich(endpoint, envelope.properties);
-        const data = Buffer.from(
-          JSON.stringify(properties === envelope.properties ? envelope : { ...envelope, properties }),
-        );
+        const data = serialize(routing.enrich(endpoint, envelope.properties));
         const limit = (sinkOf(endpoint)?.limits ?? KINESIS_LIMITS).maxEntryBytes;
         if (data.length > limit) {
           // Too large for this endpoint, ever: dead-lettered for it alone; the other endpoints get it.
