@@ -1,5 +1,5 @@
 import { type EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge';
-import type { SinkLimits, StreamEntry, StreamSink } from '../core/ports.ts';
+import type { PutOutcome, SinkLimits, StreamEntry, StreamSink } from '../core/ports.ts';
 
 /**
  * PutEvents' limit on one call, counted as AWS counts entry sizes: the UTF-8 bytes of `Source`,
@@ -43,6 +43,9 @@ export function eventBridgeLimits(source: string, requestBytes = PUT_EVENTS_REQU
 
 const utf8 = new TextDecoder();
 
+/** PutEvents entry errors that name the entry itself as at fault: retrying cannot help. */
+const PERMANENT_ERRORS = new Set(['MalformedDetail', 'InvalidArgument']);
+
 /**
  * A {@link StreamSink} over EventBridge PutEvents to one bus: each entry becomes an event with
  * `source` `iothub.{hubName}`, a `detail-type` from its message source (see {@link detailTypeOf}) and
@@ -67,7 +70,7 @@ export class EventBridgeSink implements StreamSink {
     this.limits = eventBridgeLimits(this.source, requestBytes);
   }
 
-  async put(entries: readonly StreamEntry[]): Promise<readonly boolean[]> {
+  async put(entries: readonly StreamEntry[]): Promise<readonly PutOutcome[]> {
     if (entries.length === 0) return [];
     const out = await this.client.send(
       new PutEventsCommand({
@@ -81,8 +84,11 @@ export class EventBridgeSink implements StreamSink {
       }),
     );
     const results = out.Entries ?? [];
-    return entries.map((_, i) => {
+    return entries.map((_, i): PutOutcome => {
       const r = results[i];
+      if (r?.ErrorCode !== undefined && PERMANENT_ERRORS.has(r.ErrorCode)) {
+        return { rejected: `${r.ErrorCode}: ${r.ErrorMessage}` };
+      }
       return r !== undefined && r.EventId !== undefined && r.ErrorCode === undefined;
     });
   }

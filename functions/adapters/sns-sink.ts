@@ -1,5 +1,5 @@
 import { PublishBatchCommand, type SNSClient } from '@aws-sdk/client-sns';
-import type { SinkLimits, StreamEntry, StreamSink } from '../core/ports.ts';
+import type { PutOutcome, SinkLimits, StreamEntry, StreamSink } from '../core/ports.ts';
 import {
   batchLimits,
   deduplicationId,
@@ -47,7 +47,7 @@ export class SnsSink implements StreamSink {
     this.limits = options.maxCallBytes === undefined ? SNS_LIMITS : batchLimits(options.maxCallBytes);
   }
 
-  async put(entries: readonly StreamEntry[]): Promise<readonly boolean[]> {
+  async put(entries: readonly StreamEntry[]): Promise<readonly PutOutcome[]> {
     if (entries.length === 0) return [];
     const out = await this.client.send(
       new PublishBatchCommand({
@@ -62,6 +62,6 @@ export class SnsSink implements StreamSink {
         })),
       }),
     );
-    return resultsById(entries.length, out.Successful);
+    return resultsById(entries.length, out.Successful, out.Failed);
   }
 }

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { SendMessageBatchCommand, type SQSClient } from '@aws-sdk/client-sqs';
-import type { SinkLimits, StreamEntry, StreamSink } from '../core/ports.ts';
+import type { PutOutcome, SinkLimits, StreamEntry, StreamSink } from '../core/ports.ts';
 
 /** Message attribute carrying the device id, so consumers can filter without parsing the body. */
 export const DEVICE_ID_ATTRIBUTE = 'iothub-connection-device-id';
@@ -86,13 +86,32 @@ export function messageText(data: Uint8Array): string {
     .replace(/[\ufffe\uffff\ud800-\udfff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
-/** Per-entry results of a batch API, from its `Successful` list by batch entry id (`0`, `1`, ...). */
+/** A batch API's failed entry (SQS and SNS share the shape). */
+interface FailedEntry {
+  readonly Id?: string | undefined;
+  readonly SenderFault?: boolean | undefined;
+  readonly Code?: string | undefined;
+  readonly Message?: string | undefined;
+}
+
+/**
+ * Per-entry outcomes of a batch API by batch entry id (`0`, `1`, ...): written when `Successful`
+ * lists it; rejected when `Failed` lists it as the sender's fault (the message itself is at fault,
+ * e.g. too large for the queue's `MaximumMessageSize`: retrying cannot help); otherwise retryable.
+ */
 export function resultsById(
   count: number,
   successful: readonly { Id?: string | undefined }[] | undefined,
-): readonly boolean[] {
+  failed: readonly FailedEntry[] | undefined = [],
+): readonly PutOutcome[] {
   const ok = new Set((successful ?? []).map((s) => s.Id));
-  return Array.from({ length: count }, (_, i) => ok.has(String(i)));
+  const refused = new Map(
+    (failed ?? []).filter((f) => f.SenderFault === true).map((f) => [f.Id, `${f.Code}: ${f.Message}`]),
+  );
+  return Array.from({ length: count }, (_, i): PutOutcome => {
+    const rejected = refused.get(String(i));
+    return ok.has(String(i)) || (rejected === undefined ? false : { rejected });
+  });
 }
 
 /** Options of {@link SqsSink}. */
@@ -121,7 +140,7 @@ export class SqsSink implements StreamSink {
     this.fifo = options.fifo ?? queueUrl.endsWith('.fifo');
   }
 
-  async put(entries: readonly StreamEntry[]): Promise<readonly boolean[]> {
+  async put(entries: readonly StreamEntry[]): Promise<readonly PutOutcome[]> {
     if (entries.length === 0) return [];
     const out = await this.client.send(
       new SendMessageBatchCommand({
@@ -136,6 +155,6 @@ export class SqsSink implements StreamSink {
         })),
       }),
     );
-    return resultsById(entries.length, out.Successful);
+    return resultsById(entries.length, out.Successful, out.Failed);
   }
 }

@@ -35,13 +35,20 @@ export const KINESIS_LIMITS: SinkLimits = {
 };
 
 /**
+ * What became of one entry of a call: written (`true`), not written but worth retrying (`false`:
+ * throttled, an internal error), or refused for a reason a retry cannot cure (`{ rejected }`: the
+ * endpoint says the message itself is at fault), which the router dead-letters instead of retrying.
+ */
+export type PutOutcome = boolean | { readonly rejected: string };
+
+/**
  * An endpoint that takes batches (Kinesis PutRecords, SQS SendMessageBatch, ...). The result says,
- * per entry and in order, whether it was written. A rejected whole call throws.
+ * per entry and in order, what became of it. A rejected whole call throws (and is retried).
  */
 export interface StreamSink {
   /** @default {@link KINESIS_LIMITS} */
   readonly limits?: SinkLimits;
-  put(entries: readonly StreamEntry[]): Promise<readonly boolean[]>;
+  put(entries: readonly StreamEntry[]): Promise<readonly PutOutcome[]>;
 }
 
 /** A message the hub could not deliver or could not accept, kept for an operator to read and replay. */

@@ -305,6 +305,50 @@ describe('routeBatch: dead letters', () => {
   });
 });
 
+describe('routeBatch: an endpoint that refuses a message for good', () => {
+  const config = {
+    endpoints: [{ name: 'queue', type: 'sqs' }],
+    routes: [{ name: 'all', condition: 'true', endpointNames: ['queue'] }],
+  };
+  const refusing = () =>
+    new FakeSink((entry) =>
+      decodeEnvelope(entry.data).messageId === 'a-1' ? { rejected: 'InvalidParameterValue: too long' } : true,
+    );
+
+  it('dead-letters it for that endpoint at once, without retrying, and keeps writing the device in order', async () => {
+    const queue = refusing();
+    const letters = new FakeDeadLetters();
+    const d = deps(new FakeSink(), letters);
+    const records = [message('a', 'a-0'), message('a', 'a-1'), message('a', 'a-2'), message('b', 'b-0')];
+    const result = await routeBatch(records, { ...d.deps, endpoints: { queue }, routing: routing(config) });
+    expect(result).toEqual({ delivered: 3, deadLettered: 1 });
+    expect(queue.idsOf('a')).toEqual(['a-0', 'a-2']);
+    expect(queue.calls.flat().filter((e) => decodeEnvelope(e.data).messageId === 'a-1')).toHaveLength(1);
+    expect(d.sleeps).toEqual([]);
+    expect(letters.letters).toEqual([
+      expect.objectContaining({
+        deviceId: 'a',
+        code: 'EndpointRejected',
+        reason: "endpoint 'queue' refused the message: InvalidParameterValue: too long",
+        record: Buffer.from(records[1]!.data).toString('utf8'),
+      }),
+    ]);
+    expect(letters.letters[0]?.id).toMatch(/@queue$/);
+  });
+
+  it('retries from the refused record when the dead letter cannot be written', async () => {
+    const d = deps(new FakeSink(), new FakeDeadLetters(true));
+    const records = [message('a', 'a-0'), message('a', 'a-1'), message('a', 'a-2')];
+    const result = await routeBatch(records, {
+      ...d.deps,
+      endpoints: { queue: refusing() },
+      routing: routing(config),
+    });
+    expect(result.retryFrom).toBe(records[1]?.sequenceNumber);
+    expect(result.deadLettered).toBe(0);
+  });
+});
+
 describe('routeBatch: PutRecords limits', () => {
   it('splits a layer of more than 500 devices into calls of at most 500 entries', async () => {
     const sink = new FakeSink();

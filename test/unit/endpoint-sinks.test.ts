@@ -196,11 +196,13 @@ describe('SqsSink', () => {
     expect((await drain(queueUrl, 1)).map(midOf)).toEqual(['back']);
   });
 
-  it('reports per entry: an entry SQS refuses comes back false, the others true', async () => {
+  it("reports per entry: an entry SQS refuses as the sender's fault comes back rejected, with the reason, the others true", async () => {
     const { queueUrl } = server.createQueue('small-q', { attributes: { MaximumMessageSize: '1024' } });
     const sink = new SqsSink(sqs, queueUrl);
     const big = entry('b', `big-${'x'.repeat(2000)}`);
-    expect(await sink.put([entry('a', 'ok-1'), big, entry('c', 'ok-2')])).toEqual([true, false, true]);
+    const [first, refused, last] = await sink.put([entry('a', 'ok-1'), big, entry('c', 'ok-2')]);
+    expect([first, last]).toEqual([true, true]);
+    expect(refused).toEqual({ rejected: expect.stringMatching(/\S+: .+/) });
   });
 
   it('has limits a full call at them fits in: 10 entries, 1 MiB with attributes', async () => {
@@ -325,7 +327,7 @@ describe('SnsSink', () => {
     const { topicArn } = server.createTopic('big-topic');
     const sink = new SnsSink(sns, topicArn);
     expect(await sink.put([sized('d'.repeat(128), SNS_LIMITS.maxEntryBytes)])).toEqual([true]);
-    expect(await sink.put([sized('d', 256 * 1024 + 1)])).toEqual([false]);
+    expect(await sink.put([sized('d', 256 * 1024 + 1)])).toEqual([{ rejected: expect.any(String) }]);
   });
 });
 

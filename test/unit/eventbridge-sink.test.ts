@@ -173,10 +173,14 @@ describe('EventBridgeSink', () => {
     expect(await receiveEvents(11)).toHaveLength(11);
   });
 
-  it('reports a malformed entry as false and the others as true', async () => {
+  it('reports a malformed entry as rejected (EventBridge blames the entry) and the others as true', async () => {
     const sink = new EventBridgeSink(client, BUS, HUB);
     const bad: StreamEntry = { partitionKey: 'bad', data: encoder.encode('not a json object') };
-    expect(await sink.put([entryOf('ok1', 1), bad, entryOf('ok2', 2)])).toEqual([true, false, true]);
+    expect(await sink.put([entryOf('ok1', 1), bad, entryOf('ok2', 2)])).toEqual([
+      true,
+      { rejected: expect.stringMatching(/^MalformedDetail: /) },
+      true,
+    ]);
     const events = await receiveEvents(2);
     expect(events.map((e) => (e.detail as { deviceId: string }).deviceId).sort()).toEqual(['ok1', 'ok2']);
   });

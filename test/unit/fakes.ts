@@ -4,22 +4,22 @@
  */
 import type { DevicePublisher } from '../../functions/core/c2d/delivery.ts';
 import { decodeEnvelope } from '../../functions/core/d2c/envelope.ts';
-import type { Log, StreamEntry, StreamSink } from '../../functions/core/ports.ts';
+import type { Log, PutOutcome, StreamEntry, StreamSink } from '../../functions/core/ports.ts';
 
 /** A stream sink that records every call and lets a test decide, per entry, whether it is written. */
 export class FakeSink implements StreamSink {
   readonly calls: StreamEntry[][] = [];
   readonly written: StreamEntry[] = [];
 
-  constructor(private readonly accept: (entry: StreamEntry, call: number) => boolean = () => true) {}
+  constructor(private readonly accept: (entry: StreamEntry, call: number) => PutOutcome = () => true) {}
 
-  async put(entries: readonly StreamEntry[]): Promise<readonly boolean[]> {
+  async put(entries: readonly StreamEntry[]): Promise<readonly PutOutcome[]> {
     const call = this.calls.length;
     this.calls.push([...entries]);
     return entries.map((entry) => {
-      const ok = this.accept(entry, call);
-      if (ok) this.written.push(entry);
-      return ok;
+      const outcome = this.accept(entry, call);
+      if (outcome === true) this.written.push(entry);
+      return outcome;
     });
   }
 

@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { Device } from '../identity/device.ts';
-import { KINESIS_LIMITS, type Log, type StreamEntry, type StreamSink } from '../ports.ts';
+import type { Log, StreamEntry, StreamSink } from '../ports.ts';
 import { deviceIdentityBody, LIFECYCLE_KIND, type LifecycleOpType, type LifecycleRecord } from './events.ts';
+import { writeOrdered } from './ordered-writer.ts';
 
 /** One registry change that IoT Hub reports as a device lifecycle event. */
 export interface LifecycleChange {
@@ -35,8 +36,6 @@ export interface IngestLifecycleEventsDeps {
   readonly now?: () => Date;
   readonly newId?: () => string;
 }
-
-const defaultSleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /**
  * Writes device lifecycle records ({@link LifecycleRecord}, `kind: deviceLifecycle`) on the ingest
@@ -104,45 +103,23 @@ export class IngestLifecycleEvents implements LifecycleEvents {
     }
   }
 
-  /** Writes the heads of the device queues call by call; returns the records it gave up on. */
+  /** Writes the device queues in order; returns the records it gave up on or the stream refused. */
   private async writeInOrder(
     queues: Map<string, { record: LifecycleRecord; entry: StreamEntry }[]>,
   ): Promise<LifecycleRecord[]> {
-    const maxAttempts = this.deps.maxAttempts ?? 5;
-    const baseDelayMs = this.deps.baseDelayMs ?? 50;
-    const sleep = this.deps.sleep ?? defaultSleep;
-    const limits = this.deps.sink.limits ?? KINESIS_LIMITS;
-    let attempt = 0;
-    for (;;) {
-      const layer: { queue: string; entry: StreamEntry }[] = [];
-      let bytes = 0;
-      for (const [deviceId, queue] of queues) {
-        const head = queue[0];
-        if (head === undefined) continue;
-        if (layer.length === limits.maxEntries || bytes + head.entry.data.length > limits.maxBytes) break;
-        layer.push({ queue: deviceId, entry: head.entry });
-        bytes += head.entry.data.length;
-      }
-      if (layer.length === 0) return [];
-      let results: readonly boolean[];
-      try {
-        results = await this.deps.sink.put(layer.map((l) => l.entry));
-      } catch (error) {
-        this.deps.log.warn('lifecycle event write failed', { error: String(error), attempt: attempt + 1 });
-        results = layer.map(() => false);
-      }
-      let failed = 0;
-      layer.forEach((item, i) => {
-        if (results[i] === true) queues.get(item.queue)?.shift();
-        else failed += 1;
-      });
-      if (failed === 0) {
-        attempt = 0;
-        continue;
-      }
-      attempt = failed < layer.length ? 1 : attempt + 1;
-      if (attempt >= maxAttempts) return [...queues.values()].flatMap((q) => q.map((p) => p.record));
-      await sleep(baseDelayMs * 2 ** (attempt - 1));
-    }
+    const refused: LifecycleRecord[] = [];
+    await writeOrdered(
+      this.deps.sink,
+      queues,
+      {
+        label: 'lifecycle event',
+        log: this.deps.log,
+        maxAttempts: this.deps.maxAttempts ?? 5,
+        baseDelayMs: this.deps.baseDelayMs ?? 50,
+        sleep: this.deps.sleep,
+      },
+      (item) => refused.push(item.record),
+    );
+    return [...refused, ...[...queues.values()].flatMap((q) => q.map((p) => p.record))];
   }
 }

@@ -11,6 +11,7 @@ import { BUILT_IN_ENDPOINT, DEFAULT_ROUTING } from '../routing/config.ts';
 import { type CompiledRouting, compileRouting } from '../routing/table.ts';
 import type { EnvelopeLimits } from './envelope.ts';
 import { parseIngestRecord, recordIds, toRoutableMessage } from './events.ts';
+import { writeOrdered } from './ordered-writer.ts';
 
 /** A record as the router receives it from its source stream. */
 export interface SourceRecord {
@@ -62,8 +63,6 @@ interface Pending {
   readonly index: number;
   readonly entry: StreamEntry;
 }
-
-const defaultSleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 const DEFAULT_HUB_NAME = 'serverless-iot-hub';
 const DEFAULT_COMPILED = compileRouting(DEFAULT_ROUTING, DEFAULT_HUB_NAME);
@@ -162,17 +161,7 @@ export async function routeBatch(records: readonly SourceRecord[], deps: RouterD
     }
 
     function letterOf(letterId: string, code: string, reason: string): DeadLetter {
-      return {
-        deviceId,
-        id: letterId,
-        source: 'router',
-        code,
-        reason,
-        at: now().toISOString(),
-        ...(Buffer.from(text, 'utf8').equals(raw)
-          ? { record: text, recordEncoding: 'utf8' as const }
-          : { record: raw.toString('base64'), recordEncoding: 'base64' as const }),
-      };
+      return deadLetterOf(record, { deviceId, id: letterId, code, reason, at: now() });
     }
   });
 
@@ -189,9 +178,45 @@ export async function routeBatch(records: readonly SourceRecord[], deps: RouterD
   const routed = new Set<number>();
   for (const byDevice of queues.values())
     for (const q of byDevice.values()) for (const p of q) routed.add(p.index);
+  const rejected: { index: number; letter: DeadLetter }[] = [];
+  const writeOptions = {
+    log: deps.log,
+    maxAttempts: deps.maxAttempts ?? 4,
+    baseDelayMs: deps.baseDelayMs ?? 100,
+    sleep: deps.sleep,
+  };
   await Promise.all(
-    [...queues].map(([endpoint, byDevice]) => writeOrdered(endpoint, sinkOf(endpoint)!, byDevice, deps)),
+    [...queues].map(async ([endpoint, byDevice]) => {
+      await writeOrdered(sinkOf(endpoint)!, byDevice, { ...writeOptions, label: 'endpoint' }, (p, reason) => {
+        // Refused for good (the message itself is at fault there): dead-lettered for this endpoint alone.
+        deps.log.warn('d2c message dead-lettered', {
+          endpoint,
+          id: p.entry.id,
+          code: 'EndpointRejected',
+          reason,
+        });
+        const letter = deadLetterOf(records[p.index]!, {
+          deviceId: p.entry.partitionKey,
+          id: `${p.entry.id}@${endpoint}`,
+          code: 'EndpointRejected',
+          reason: `endpoint '${endpoint}' refused the message: ${reason}`,
+          at: now(),
+        });
+        rejected.push({ index: p.index, letter });
+      });
+      const left = [...byDevice.values()].reduce((n, q) => n + q.length, 0);
+      if (left > 0) deps.log.error('endpoint write gave up; the batch will be retried', { endpoint, left });
+    }),
   );
+  if (rejected.length > 0) {
+    try {
+      await deps.deadLetters.put(rejected.map((r) => r.letter));
+      letters.push(...rejected);
+    } catch (error) {
+      deps.log.error('dead-letter write failed', { error: String(error) });
+      firstUnsafe = Math.min(firstUnsafe, ...rejected.map((r) => r.index));
+    }
+  }
   const pending = new Set<number>();
   for (const byDevice of queues.values()) {
     for (const queue of byDevice.values()) {
@@ -200,6 +225,8 @@ export async function routeBatch(records: readonly SourceRecord[], deps: RouterD
       for (const p of queue) pending.add(p.index);
     }
   }
+  // A message an endpoint refused counts as dead-lettered, not delivered.
+  for (const r of rejected) pending.add(r.index);
   const delivered = [...routed].filter((i) => !pending.has(i)).length;
   const retryFrom = Number.isFinite(firstUnsafe) ? records[firstUnsafe]?.sequenceNumber : undefined;
   const deadLettered = letters.filter((l) => l.index < firstUnsafe).length;
@@ -213,66 +240,22 @@ export async function routeBatch(records: readonly SourceRecord[], deps: RouterD
 
 const EMPTY = new Uint8Array();
 
-/**
- * Writes one endpoint's queued entries call by call, within the sink's limits; returns how many were
- * written and leaves the rest queued. A call takes the head of each device's queue (all of a
- * device's run that fits, for an atomic sink), so a device's next entry is sent only after the one
- * before it is written.
- */
-async function writeOrdered(
-  endpoint: string,
-  sink: StreamSink,
-  queues: Map<string, Pending[]>,
-  deps: RouterDeps,
-): Promise<number> {
-  const maxAttempts = deps.maxAttempts ?? 4;
-  const baseDelayMs = deps.baseDelayMs ?? 100;
-  const sleep = deps.sleep ?? defaultSleep;
-  const limits = sink.limits ?? KINESIS_LIMITS;
-  let written = 0;
-  let attempt = 0;
-  for (;;) {
-    const layer: Pending[] = [];
-    let bytes = 0;
-    fill: for (const queue of queues.values()) {
-      for (const pending of limits.atomic ? queue : queue.slice(0, 1)) {
-        if (layer.length === limits.maxEntries || bytes + pending.entry.data.length > limits.maxBytes)
-          break fill;
-        layer.push(pending);
-        bytes += pending.entry.data.length;
-      }
-    }
-    if (layer.length === 0) return written;
-    let results: readonly boolean[];
-    try {
-      results = await sink.put(layer.map((p) => p.entry));
-    } catch (error) {
-      deps.log.warn('endpoint write failed', { endpoint, error: String(error), attempt: attempt + 1 });
-      results = layer.map(() => false);
-    }
-    let failed = 0;
-    layer.forEach((pending, i) => {
-      if (results[i] === true) {
-        queues.get(pending.entry.partitionKey)?.shift();
-        written += 1;
-      } else {
-        failed += 1;
-      }
-    });
-    if (failed === 0) {
-      attempt = 0;
-      continue;
-    }
-    // The budget counts calls in a row that wrote nothing: steady partial throttling still progresses.
-    attempt = failed < layer.length ? 1 : attempt + 1;
-    if (attempt >= maxAttempts) {
-      deps.log.error('endpoint write gave up; the batch will be retried', {
-        endpoint,
-        failed,
-        attempts: attempt,
-      });
-      return written;
-    }
-    await sleep(baseDelayMs * 2 ** (attempt - 1));
-  }
+/** A dead letter keeping the original record, so it can be replayed unchanged: as text, or base64 when it is not UTF-8. */
+function deadLetterOf(
+  record: SourceRecord,
+  fields: { deviceId: string; id: string; code: string; reason: string; at: Date },
+): DeadLetter {
+  const raw = Buffer.from(record.data);
+  const text = raw.toString('utf8');
+  return {
+    deviceId: fields.deviceId,
+    id: fields.id,
+    source: 'router',
+    code: fields.code,
+    reason: fields.reason,
+    at: fields.at.toISOString(),
+    ...(Buffer.from(text, 'utf8').equals(raw)
+      ? { record: text, recordEncoding: 'utf8' as const }
+      : { record: raw.toString('base64'), recordEncoding: 'base64' as const }),
+  };
 }
