@@ -6,12 +6,16 @@ import {
   DynamoDBClient,
   ResourceInUseException,
 } from '@aws-sdk/client-dynamodb';
+import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import {
   CreateStreamCommand,
   DescribeStreamSummaryCommand,
   KinesisClient,
   ResourceInUseException as StreamInUseException,
 } from '@aws-sdk/client-kinesis';
+import { S3Client } from '@aws-sdk/client-s3';
+import { SNSClient } from '@aws-sdk/client-sns';
+import { SQSClient } from '@aws-sdk/client-sqs';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import dynalite from 'dynalite';
 import kinesalite from 'kinesalite';
@@ -46,14 +50,39 @@ export function startKinesis(dataDir: string, host: string, port: number): Promi
   );
 }
 
-/** SDK clients pointed at the local emulators. */
-export function localKinesisClient(url: string): KinesisClient {
-  return new KinesisClient({
+/** What every SDK client of a local emulator is given: its URL, the local region and credentials, HTTP/1.1. */
+function localClientConfig(url: string) {
+  return {
     endpoint: url,
     region: LOCAL_REGION,
     credentials: LOCAL_CREDENTIALS,
     requestHandler: new NodeHttpHandler(),
-  });
+  };
+}
+
+/** SDK clients pointed at the local emulators. */
+export function localKinesisClient(url: string): KinesisClient {
+  return new KinesisClient(localClientConfig(url));
+}
+
+/** An SQS client for the local SQS emulator (`endpoints.awsServices`). */
+export function localSqsClient(url: string): SQSClient {
+  return new SQSClient(localClientConfig(url));
+}
+
+/** An SNS client for the local SNS emulator (`endpoints.awsServices`). */
+export function localSnsClient(url: string): SNSClient {
+  return new SNSClient(localClientConfig(url));
+}
+
+/** An S3 client for the local S3 emulator (`endpoints.awsServices`): path-style, one host serves every bucket. */
+export function localS3Client(url: string): S3Client {
+  return new S3Client({ ...localClientConfig(url), forcePathStyle: true });
+}
+
+/** An EventBridge client for the local stand-in (`endpoints.eventBridge`). */
+export function localEventBridgeClient(url: string): EventBridgeClient {
+  return new EventBridgeClient(localClientConfig(url));
 }
 
 /** A DynamoDB client for the local emulator. */

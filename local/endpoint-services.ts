@@ -1,9 +1,8 @@
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
-import { CreateTopicCommand, SNSClient } from '@aws-sdk/client-sns';
-import { CreateQueueCommand, GetQueueUrlCommand, SendMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import { CreateTopicCommand } from '@aws-sdk/client-sns';
+import { CreateQueueCommand, GetQueueUrlCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
 import { startFauxqs } from 'fauxqs';
-import { LOCAL_CREDENTIALS, LOCAL_REGION } from './emulators.ts';
+import { localS3Client, localSnsClient, localSqsClient } from './emulators.ts';
 import type { LocalBucket, LocalQueue, LocalTopic } from './template.ts';
 
 /**
@@ -40,10 +39,9 @@ export async function startEndpointServices(options: EndpointServicesOptions): P
     ? undefined
     : await startFauxqs({ host: options.host, port: options.port, logger: false });
   const url = options.externalUrl ?? server?.address ?? '';
-  const client = { endpoint: url, region: LOCAL_REGION, credentials: LOCAL_CREDENTIALS };
-  const sqs = new SQSClient({ ...client, requestHandler: new NodeHttpHandler() });
-  const sns = new SNSClient({ ...client, requestHandler: new NodeHttpHandler() });
-  const s3 = new S3Client({ ...client, forcePathStyle: true, requestHandler: new NodeHttpHandler() });
+  const sqs = localSqsClient(url);
+  const sns = localSnsClient(url);
+  const s3 = localS3Client(url);
   const close = async () => {
     sqs.destroy();
     sns.destroy();

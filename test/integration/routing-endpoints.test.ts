@@ -1,25 +1,21 @@
-import { EventBridgeClient, PutRuleCommand, PutTargetsCommand } from '@aws-sdk/client-eventbridge';
-import { SNSClient, SubscribeCommand } from '@aws-sdk/client-sns';
+import { PutRuleCommand, PutTargetsCommand } from '@aws-sdk/client-eventbridge';
+import { SubscribeCommand } from '@aws-sdk/client-sns';
 import { CreateQueueCommand, DeleteQueueCommand } from '@aws-sdk/client-sqs';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
 import avro from 'avsc';
 import { startFauxqs } from 'fauxqs';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { D2CEnvelope } from '../../functions/core/d2c/envelope.ts';
 import type { HubConfigInput } from '../../lib/config.ts';
-import { LOCAL_CREDENTIALS, LOCAL_REGION } from '../../local/emulators.ts';
+import {
+  localEventBridgeClient,
+  localS3Client,
+  localSnsClient,
+  localSqsClient,
+} from '../../local/emulators.ts';
 import { type ReadRecord, waitForRecords } from '../support/built-in.ts';
 import { registerDevice } from '../support/devices.ts';
-import {
-  createQueue,
-  drainQueue,
-  envelopeOf,
-  type QueueMessage,
-  readBucket,
-  s3Client,
-  sqsClient,
-} from '../support/endpoints.ts';
+import { createQueue, drainQueue, envelopeOf, type QueueMessage, readBucket } from '../support/endpoints.ts';
 import { type HubProcess, startHubWith, tempDataDir } from '../support/hub-process.ts';
 
 const HUB_NAME = 'endpoints-test-hub';
@@ -53,13 +49,6 @@ const CONFIG: HubConfigInput = {
 const TELEMETRY = (device: string, mid: string, props = '') =>
   `devices/${device}/messages/events/$.mid=${mid}&$.ct=application%2Fjson&$.ce=utf-8${props ? `&${props}` : ''}`;
 
-const clientConfig = (url: string) => ({
-  endpoint: url,
-  region: LOCAL_REGION,
-  credentials: LOCAL_CREDENTIALS,
-  requestHandler: new NodeHttpHandler(),
-});
-
 const target = (hub: HubProcess, name: string): string => {
   const endpoint = hub.endpoints.customEndpoints[name];
   if (endpoint === undefined) throw new Error(`no custom endpoint '${name}' in endpoints.json`);
@@ -88,10 +77,10 @@ describe('custom endpoints of every type on the local hub', () => {
       bus: 'eventbridge',
       hot: 'kinesis',
     });
-    const sqs = sqsClient(e.awsServices);
-    const sns = new SNSClient(clientConfig(e.awsServices));
-    const events = new EventBridgeClient(clientConfig(e.eventBridge));
-    const s3 = s3Client(e.awsServices);
+    const sqs = localSqsClient(e.awsServices);
+    const sns = localSnsClient(e.awsServices);
+    const events = localEventBridgeClient(e.eventBridge);
+    const s3 = localS3Client(e.awsServices);
     try {
       // Consumers, as a user would attach them: a queue on the SNS topic, a rule with a queue target on the bus.
       const snsSubscriber = await createQueue(sqs, 'test-sns-subscriber');
@@ -228,7 +217,7 @@ describe('custom endpoints of every type on the local hub', () => {
       (r) => new Set(r.map((x) => x.envelope.messageId)).size >= devices.length * perDevice,
       180_000,
     );
-    const sqs = sqsClient(e.awsServices);
+    const sqs = localSqsClient(e.awsServices);
     try {
       const fifo = await drainQueue(
         sqs,
@@ -251,7 +240,7 @@ describe('custom endpoints of every type on the local hub', () => {
 
   it('loses nothing while an endpoint is gone for a while (its queue deleted) and comes back', async () => {
     const e = hub.endpoints;
-    const sqs = sqsClient(e.awsServices);
+    const sqs = localSqsClient(e.awsServices);
     try {
       const queueUrl = target(hub, 'orders');
       const queueName = queueUrl.split('/').at(-1) ?? '';
@@ -338,7 +327,7 @@ describe('a router crash mid-batch with custom endpoints', () => {
         (r) => [...want].every((id) => r.some((x) => x.envelope.messageId === id)),
         120_000,
       );
-      const sqs = sqsClient(services.address);
+      const sqs = localSqsClient(services.address);
       try {
         const fifo = await drainQueue(
           sqs,

@@ -8,7 +8,7 @@ import {
   DescribeEventBusCommand,
   DescribeRuleCommand,
   DisableRuleCommand,
-  EventBridgeClient,
+  type EventBridgeClient,
   InvalidEventPatternException,
   LimitExceededException,
   ListEventBusesCommand,
@@ -28,10 +28,11 @@ import {
   GetQueueUrlCommand,
   ReceiveMessageCommand,
   SendMessageCommand,
-  SQSClient,
+  type SQSClient,
 } from '@aws-sdk/client-sqs';
 import { type FauxqsServer, startFauxqs } from 'fauxqs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { localEventBridgeClient, localSqsClient } from '../../local/emulators.ts';
 import {
   type DeliveryDetails,
   type EventBridgeOptions,
@@ -42,16 +43,13 @@ import {
   startEventBridge,
 } from '../../local/eventbridge.ts';
 
-const CREDENTIALS = { accessKeyId: 'local', secretAccessKey: 'local' };
-const REGION = 'us-east-1';
-
 let sqsServer: FauxqsServer;
 let sqs: SQSClient;
 const cleanups: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
   sqsServer = await startFauxqs({ port: 0, logger: false, host: '127.0.0.1' });
-  sqs = new SQSClient({ endpoint: sqsServer.address, region: REGION, credentials: CREDENTIALS });
+  sqs = localSqsClient(sqsServer.address);
 });
 
 afterEach(async () => {
@@ -86,11 +84,7 @@ async function start(options: Partial<EventBridgeOptions> = {}): Promise<Started
     retry: { attempts: 3, baseDelayMs: 5 },
     ...options,
   });
-  const client = new EventBridgeClient({
-    endpoint: eventBridge.url,
-    region: REGION,
-    credentials: CREDENTIALS,
-  });
+  const client = localEventBridgeClient(eventBridge.url);
   cleanups.push(async () => {
     client.destroy();
     await eventBridge.close();

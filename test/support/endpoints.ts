@@ -1,30 +1,13 @@
-import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import {
   CreateQueueCommand,
   DeleteMessageBatchCommand,
   GetQueueAttributesCommand,
   type Message,
   ReceiveMessageCommand,
-  SQSClient,
+  type SQSClient,
 } from '@aws-sdk/client-sqs';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { type D2CEnvelope, decodeEnvelope } from '../../functions/core/d2c/envelope.ts';
-import { LOCAL_CREDENTIALS, LOCAL_REGION } from '../../local/emulators.ts';
-
-const clientConfig = (url: string) => ({
-  endpoint: url,
-  region: LOCAL_REGION,
-  credentials: LOCAL_CREDENTIALS,
-  requestHandler: new NodeHttpHandler(),
-});
-
-/** Real SDK clients against the hub's SQS/SNS/S3 emulator (`endpoints.awsServices`). */
-export function sqsClient(url: string): SQSClient {
-  return new SQSClient(clientConfig(url));
-}
-export function s3Client(url: string): S3Client {
-  return new S3Client({ ...clientConfig(url), forcePathStyle: true });
-}
 
 /** A message read from a queue: its envelope (the body, or an SNS/EventBridge wrapper's payload) and attributes. */
 export interface QueueMessage {

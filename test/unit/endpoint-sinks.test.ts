@@ -1,6 +1,11 @@
-import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { SNSClient } from '@aws-sdk/client-sns';
-import { DeleteMessageCommand, type Message, ReceiveMessageCommand, SQSClient } from '@aws-sdk/client-sqs';
+import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import type { SNSClient } from '@aws-sdk/client-sns';
+import {
+  DeleteMessageCommand,
+  type Message,
+  ReceiveMessageCommand,
+  type SQSClient,
+} from '@aws-sdk/client-sqs';
 import avro from 'avsc';
 import { type FauxqsServer, startFauxqs } from 'fauxqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -29,9 +34,9 @@ import {
 import { buildEnvelope, type D2CEnvelope, decodeEnvelope } from '../../functions/core/d2c/envelope.ts';
 import type { StreamEntry } from '../../functions/core/ports.ts';
 import { routingConfigSchema, S3_MAX_CHUNK_BYTES } from '../../functions/core/routing/config.ts';
+import { localS3Client, localSnsClient, localSqsClient } from '../../local/emulators.ts';
 
 const NOW = new Date('2030-01-02T03:04:05.000Z');
-const LOCAL = { region: 'us-east-1', credentials: { accessKeyId: 'local', secretAccessKey: 'local' } };
 
 let server: FauxqsServer;
 let sqs: SQSClient;
@@ -40,9 +45,9 @@ let s3: S3Client;
 
 beforeAll(async () => {
   server = await startFauxqs({ port: 0, logger: false, host: '127.0.0.1' });
-  sqs = new SQSClient({ ...LOCAL, endpoint: server.address });
-  sns = new SNSClient({ ...LOCAL, endpoint: server.address });
-  s3 = new S3Client({ ...LOCAL, endpoint: server.address, forcePathStyle: true });
+  sqs = localSqsClient(server.address);
+  sns = localSnsClient(server.address);
+  s3 = localS3Client(server.address);
 });
 
 afterAll(async () => {

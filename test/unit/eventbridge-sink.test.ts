@@ -1,10 +1,10 @@
-import { DeleteEventBusCommand, EventBridgeClient } from '@aws-sdk/client-eventbridge';
+import { DeleteEventBusCommand, type EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import {
   DeleteMessageCommand,
   GetQueueUrlCommand,
   ReceiveMessageCommand,
   SendMessageCommand,
-  SQSClient,
+  type SQSClient,
 } from '@aws-sdk/client-sqs';
 import { type FauxqsServer, startFauxqs } from 'fauxqs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,6 +16,7 @@ import {
   PUT_EVENTS_REQUEST_BYTES,
 } from '../../functions/adapters/eventbridge-sink.ts';
 import type { StreamEntry } from '../../functions/core/ports.ts';
+import { localEventBridgeClient, localSqsClient } from '../../local/emulators.ts';
 import {
   type EventBridgeStandIn,
   PUT_EVENTS_MAX_BYTES,
@@ -23,8 +24,6 @@ import {
   startEventBridge,
 } from '../../local/eventbridge.ts';
 
-const CREDENTIALS = { accessKeyId: 'local', secretAccessKey: 'local' };
-const REGION = 'us-east-1';
 const HUB = 'unit-hub';
 const BUS = 'hub-endpoint';
 
@@ -37,7 +36,7 @@ const logs: string[] = [];
 
 beforeAll(async () => {
   sqsServer = await startFauxqs({ port: 0, logger: false, host: '127.0.0.1' });
-  sqs = new SQSClient({ endpoint: sqsServer.address, region: REGION, credentials: CREDENTIALS });
+  sqs = localSqsClient(sqsServer.address);
   eventBridge = await startEventBridge({
     host: '127.0.0.1',
     port: 0,
@@ -47,7 +46,7 @@ beforeAll(async () => {
       await sqs.send(new SendMessageCommand({ QueueUrl, MessageBody: body }));
     },
   });
-  client = new EventBridgeClient({ endpoint: eventBridge.url, region: REGION, credentials: CREDENTIALS });
+  client = localEventBridgeClient(eventBridge.url);
   const queue = sqsServer.createQueue('sink-events');
   queueUrl = queue.queueUrl;
   eventBridge.createEventBus(BUS);
