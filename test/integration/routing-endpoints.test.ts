@@ -1,6 +1,7 @@
+import { ScanCommand } from '@aws-sdk/client-dynamodb';
 import { PutRuleCommand, PutTargetsCommand } from '@aws-sdk/client-eventbridge';
 import { SubscribeCommand } from '@aws-sdk/client-sns';
-import { CreateQueueCommand, DeleteQueueCommand } from '@aws-sdk/client-sqs';
+import { CreateQueueCommand, DeleteQueueCommand, SetQueueAttributesCommand } from '@aws-sdk/client-sqs';
 import avro from 'avsc';
 import { startFauxqs } from 'fauxqs';
 import mqtt from 'mqtt';
@@ -8,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { D2CEnvelope } from '../../functions/core/d2c/envelope.ts';
 import type { HubConfigInput } from '../../lib/config.ts';
 import {
+  localDynamoClient,
   localEventBridgeClient,
   localS3Client,
   localSnsClient,
@@ -280,6 +282,56 @@ describe('custom endpoints of every type on the local hub', () => {
       expect(builtIn.some((x) => x.envelope.messageId === 'bystander')).toBe(true);
     } finally {
       sqs.destroy();
+    }
+  });
+  it('dead-letters a message the queue refuses for good (too large for it) and keeps the messages behind it flowing', async () => {
+    const e = hub.endpoints;
+    const sqs = localSqsClient(e.awsServices);
+    const dynamo = localDynamoClient(e.dynamodb);
+    const queueUrl = target(hub, 'orders');
+    const gaveUp = () => hub.logs.filter((l) => l.includes('endpoint write gave up')).length;
+    const gaveUpBefore = gaveUp();
+    try {
+      // An operator lowers the queue's limit: a 2 KB message can never be sent to it again.
+      await sqs.send(
+        new SetQueueAttributesCommand({ QueueUrl: queueUrl, Attributes: { MaximumMessageSize: '1024' } }),
+      );
+      const device = await mqtt.connectAsync(e.mqtt, await registerDevice(e, 'refused-1'));
+      await device.publishAsync(
+        TELEMETRY('refused-1', 'too-big', 'level=critical'),
+        `{"pad":"${'x'.repeat(2000)}"}`,
+        {
+          qos: 1,
+        },
+      );
+      await device.publishAsync(TELEMETRY('refused-1', 'after', 'level=critical'), '{}', { qos: 1 });
+      await device.endAsync();
+
+      const arrived = await drainQueue(sqs, queueUrl, (m) =>
+        m.some((x) => envelopeOf(x).messageId === 'after'),
+      );
+      expect(arrived.map((m) => envelopeOf(m).messageId)).toEqual(['after']);
+      const deadline = Date.now() + 30_000;
+      let letters: Record<string, { S?: string }>[] = [];
+      while (letters.length === 0 && Date.now() < deadline) {
+        const scan = await dynamo.send(new ScanCommand({ TableName: e.deadLetterTable }));
+        letters = (scan.Items ?? []).filter((i) => i.deviceId?.S === 'refused-1') as typeof letters;
+        if (letters.length === 0) await new Promise((r) => setTimeout(r, 250));
+      }
+      expect(letters).toHaveLength(1);
+      expect(letters[0]?.code?.S).toBe('EndpointRejected');
+      expect(letters[0]?.sk?.S).toMatch(/@orders$/);
+      expect(letters[0]?.reason?.S).toMatch(/^endpoint 'orders' refused the message: /);
+      // The original record is kept, to replay once the queue takes it again.
+      expect(letters[0]?.record?.S).toContain('too-big');
+      // Refused once, not retried until the event source gave up.
+      expect(gaveUp()).toBe(gaveUpBefore);
+    } finally {
+      await sqs.send(
+        new SetQueueAttributesCommand({ QueueUrl: queueUrl, Attributes: { MaximumMessageSize: '1048576' } }),
+      );
+      sqs.destroy();
+      dynamo.destroy();
     }
   });
 });
