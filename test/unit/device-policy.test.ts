@@ -71,11 +71,7 @@ describe('devicePolicyDocument', () => {
   it('grants exactly the documented resources', () => {
     expect(doc.Statement).toEqual([
       { Effect: 'Allow', Action: ['iot:Connect'], Resource: [`${ARN}:client/dev-1`] },
-      {
-        Effect: 'Allow',
-        Action: ['iot:Publish'],
-        Resource: [`${ARN}:topic/devices/dev-1/*`, `${ARN}:topic/$aws/things/dev-1/shadow/*`],
-      },
+      { Effect: 'Allow', Action: ['iot:Publish'], Resource: [`${ARN}:topic/devices/dev-1/*`] },
       {
         Effect: 'Allow',
         Action: ['iot:Subscribe'],
@@ -85,6 +81,14 @@ describe('devicePolicyDocument', () => {
         Effect: 'Allow',
         Action: ['iot:Receive'],
         Resource: [`${ARN}:topic/devices/dev-1/*`, `${ARN}:topic/$aws/things/dev-1/shadow/*`],
+      },
+      {
+        Effect: 'Allow',
+        Action: ['iot:Publish'],
+        Resource: ['get', 'update', 'delete'].flatMap((op) => [
+          `${ARN}:topic/$aws/things/dev-1/shadow/${op}`,
+          `${ARN}:topic/$aws/things/dev-1/shadow/name/*/${op}`,
+        ]),
       },
     ]);
   });
@@ -99,6 +103,25 @@ describe('devicePolicyDocument', () => {
     expect(subscribe(doc, '$aws/things/dev-1/shadow/update/delta')).toBe(true);
     expect(receive(doc, 'devices/dev-1/messages/devicebound/%24.mid=1')).toBe(true);
     expect(receive(doc, '$aws/things/dev-1/shadow/update/accepted')).toBe(true);
+  });
+
+  it("must not let the device publish its shadow's answers (it could fake its twin change events)", () => {
+    for (const answer of [
+      'update/accepted',
+      'update/documents',
+      'update/delta',
+      'get/accepted',
+      'delete/rejected',
+    ]) {
+      expect(publish(doc, `$aws/things/dev-1/shadow/${answer}`)).toBe(false);
+      expect(publish(doc, `$aws/things/dev-1/shadow/name/config/${answer}`)).toBe(false);
+    }
+  });
+
+  it('grants no shadow topics to an id that is no thing name (it has no shadow)', () => {
+    const dotted = devicePolicyDocument({ deviceId: 'a.b', ...TARGET });
+    expect(publish(dotted, '$aws/things/a.b/shadow/update')).toBe(false);
+    expect(publish(dotted, 'devices/a.b/messages/events/')).toBe(true);
   });
 
   it("must not let the device touch another device's topics, including ids that share a prefix", () => {
@@ -184,10 +207,10 @@ describe('devicePolicyDocument with Basic Ingest on', () => {
   const doc = devicePolicyDocument({ deviceId: 'dev-1', ...TARGET, basicIngestRule: RULE });
 
   it('adds one publish statement that names the ingest rule and the device', () => {
-    expect(doc.Statement.slice(0, 4)).toEqual(
+    expect(doc.Statement.slice(0, 5)).toEqual(
       devicePolicyDocument({ deviceId: 'dev-1', ...TARGET }).Statement,
     );
-    expect(doc.Statement[4]).toEqual({
+    expect(doc.Statement[5]).toEqual({
       Effect: 'Allow',
       Action: ['iot:Publish'],
       Resource: [
@@ -195,7 +218,7 @@ describe('devicePolicyDocument with Basic Ingest on', () => {
         `${ARN}:topic/$aws/rules/${RULE}/devices/dev-1/messages/events/*`,
       ],
     });
-    expect(doc.Statement).toHaveLength(5);
+    expect(doc.Statement).toHaveLength(6);
   });
 
   it("lets the device publish its telemetry through the ingest rule's Basic Ingest topic", () => {

@@ -12,6 +12,9 @@ describe('a device’s own topics', () => {
     'devices/d1/messages/events/$.mid=1&a=b',
     'devices/d1/messages/devicebound/settle',
     '$aws/things/d1/shadow/update',
+    '$aws/things/d1/shadow/get',
+    '$aws/things/d1/shadow/delete',
+    '$aws/things/d1/shadow/name/config/update',
   ])('lets d1 publish to %s', (topic) => {
     expect(publishRefusal('d1', topic)).toBeUndefined();
   });
@@ -29,6 +32,13 @@ describe('a device’s own topics', () => {
     '$aws/rules/ingest/devices/d2/messages/events',
     '$aws/rules/r/devices/d2/x/devices/d1/y',
     '$aws/events/presence/connected/d1',
+    // The shadow service's answers: a device that could publish them could fake its twin change events.
+    '$aws/things/d1/shadow/update/documents',
+    '$aws/things/d1/shadow/update/accepted',
+    '$aws/things/d1/shadow/update/delta',
+    '$aws/things/d1/shadow/get/accepted',
+    '$aws/things/d1/shadow/name/config/update/documents',
+    '$aws/things/d1/shadow/name/a/b/update',
   ])('refuses d1 publishing to %s, naming the device and the topic', (topic) => {
     const refusal = publishRefusal('d1', topic);
     expect(refusal).toContain("device 'd1'");

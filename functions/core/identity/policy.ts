@@ -1,6 +1,6 @@
 import { LimitExceededError, ValidationError } from '../errors.ts';
 import { describeDeviceIdProblem } from './device-id.ts';
-import { basicIngestEventsTopic, deviceTopicPrefixes, IOT_RULE_NAME } from './topics.ts';
+import { basicIngestEventsTopic, deviceTopicPrefixes, IOT_RULE_NAME, shadowRequestTopics } from './topics.ts';
 
 /** Where the policy applies: the partition, region and account of the IoT Core endpoint. */
 export interface PolicyTarget {
@@ -102,7 +102,7 @@ function checkTarget(input: DevicePolicyInput): void {
  * | action | resources (under `arn:{partition}:iot:{region}:{account}:`) |
  * | --- | --- |
  * | `iot:Connect` | `client/{id}` |
- * | `iot:Publish` | `topic/devices/{id}/*`, `topic/$aws/things/{id}/shadow/*` |
+ * | `iot:Publish` | `topic/devices/{id}/*`, and its shadow requests `topic/$aws/things/{id}/shadow/{get,update,delete}` and `topic/$aws/things/{id}/shadow/name/{any one name}/{get,update,delete}` (`shadowRequestTopics`) |
  * | `iot:Subscribe` | `topicfilter/devices/{id}/*`, `topicfilter/$aws/things/{id}/shadow/*` |
  * | `iot:Receive` | `topic/devices/{id}/*`, `topic/$aws/things/{id}/shadow/*` |
  * | `iot:Publish` (Basic Ingest on; a statement of its own) | `topic/$aws/rules/{rule}/devices/{id}/messages/events`, and the same followed by a slash and any suffix |
@@ -139,13 +139,24 @@ export function devicePolicyDocument(input: DevicePolicyInput): IotPolicyDocumen
     Version: '2012-10-17',
     Statement: [
       { Effect: 'Allow', Action: ['iot:Connect'], Resource: [`${arn}:client/${id}`] },
-      { Effect: 'Allow', Action: ['iot:Publish'], Resource: ownTopics.map((t) => `${arn}:topic/${t}`) },
+      { Effect: 'Allow', Action: ['iot:Publish'], Resource: [`${arn}:topic/devices/${id}/*`] },
       {
         Effect: 'Allow',
         Action: ['iot:Subscribe'],
         Resource: ownTopics.map((t) => `${arn}:topicfilter/${t}`),
       },
       { Effect: 'Allow', Action: ['iot:Receive'], Resource: ownTopics.map((t) => `${arn}:topic/${t}`) },
+      // Shadow requests in a statement of their own, so a 128-character id still fits one document each
+      // (thing names need no escaping; an id that is no thing name has no shadow and no statement).
+      ...(shadowRequestTopics(input.deviceId).length === 0
+        ? []
+        : [
+            {
+              Effect: 'Allow' as const,
+              Action: ['iot:Publish'],
+              Resource: shadowRequestTopics(input.deviceId).map((t) => `${arn}:topic/${t}`),
+            },
+          ]),
       // A statement of its own, so that a long escaped id and rule name still fit one document each.
       ...(basicIngest.length === 0
         ? []

@@ -9,6 +9,32 @@ export function deviceTopicPrefixes(deviceId: string): readonly string[] {
 }
 
 /**
+ * What a device may publish under its shadow prefix: the requests `get`, `update` and `delete`, of its
+ * classic shadow or a named one (`name/{shadowName}/...`). The answers (`accepted`, `rejected`, `delta`,
+ * `documents`) are the shadow service's alone, as in IoT Core; a device that could publish them could
+ * fake its own twin change events.
+ */
+const SHADOW_REQUEST = /^(?:name\/[a-zA-Z0-9:_-]{1,64}\/)?(?:get|update|delete)$/;
+
+/**
+ * Whether a device id is also an AWS IoT thing name (`[a-zA-Z0-9:_-]`, 1-128): only such devices can have a
+ * shadow. IoT Hub ids may also hold `. + % # * ? ! ( ) , = @ $ '`; devices with those have no shadow.
+ */
+export function isThingName(deviceId: string): boolean {
+  return /^[a-zA-Z0-9:_-]{1,128}$/.test(deviceId);
+}
+
+/**
+ * The shadow request topics of a device, as IoT policy resources (after `topic/`; `*` is one named
+ * shadow); none for an id that is no thing name, which has no shadow.
+ */
+export function shadowRequestTopics(deviceId: string): readonly string[] {
+  if (!isThingName(deviceId)) return [];
+  const shadow = `$aws/things/${deviceId}/shadow/`;
+  return ['get', 'update', 'delete'].flatMap((op) => [`${shadow}${op}`, `${shadow}name/*/${op}`]);
+}
+
+/**
  * The environment variable that gives the custom authorizer the ingest rule's name when Basic Ingest is
  * on (`hub.basicIngest`); the local hub reads the same variable from the template.
  */
@@ -53,6 +79,11 @@ export function publishRefusal(
   topic: string,
   options: PublishOptions = {},
 ): string | undefined {
+  const shadow = `$aws/things/${deviceId}/shadow/`;
+  if (topic.startsWith(shadow)) {
+    if (SHADOW_REQUEST.test(topic.slice(shadow.length))) return undefined;
+    return `device '${deviceId}' may publish to its shadow only requests (get, update, delete), not '${topic}'`;
+  }
   if (isOwn(deviceId, topic)) return undefined;
   const rule = options.basicIngestRule;
   if (rule !== undefined && topic.startsWith('$aws/rules/')) {
