@@ -1,7 +1,7 @@
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import * as path from 'node:path';
-import { createServer as createTlsServer, type PeerCertificate } from 'node:tls';
+import { createServer as createTlsServer, type DetailedPeerCertificate } from 'node:tls';
 import { Aedes, type AuthenticateError, type Client, type PublishPacket, type Subscription } from 'aedes';
 import aedesPersistenceLevel from 'aedes-persistence-level';
 import { Level } from 'level';
@@ -25,6 +25,11 @@ export interface ClientCertificate {
   readonly thumbprintSha1: string;
   readonly thumbprintSha256: string;
   readonly subjectCommonName?: string;
+  /**
+   * DER of the leaf, then of each issuer above it that the handshake made known (the intermediates the
+   * client sent), for the CA chain check of `certificateAuthority` devices.
+   */
+  readonly chain: readonly Buffer[];
 }
 
 /** Decides who may connect. Issue-level auth (registry, SAS, X.509) plugs in here. */
@@ -107,14 +112,25 @@ export interface SubscriptionEvent {
 
 /** The TLS client certificate of a connection, if it presented one. */
 function clientCertificateOf(client: Client): ClientCertificate | undefined {
-  const conn = (client as unknown as { conn?: { getPeerCertificate?: () => PeerCertificate } }).conn;
-  const cert = conn?.getPeerCertificate?.();
+  const conn = (
+    client as unknown as { conn?: { getPeerCertificate?: (detailed: true) => DetailedPeerCertificate } }
+  ).conn;
+  const cert = conn?.getPeerCertificate?.(true);
   if (!cert?.fingerprint) return undefined;
   const cn = cert.subject?.CN;
+  // The issuer links end at a self-signed certificate, which points at itself.
+  const chain: Buffer[] = [];
+  const seen = new Set<string>();
+  for (let c: DetailedPeerCertificate | undefined = cert; c?.raw && !seen.has(c.fingerprint256); ) {
+    seen.add(c.fingerprint256);
+    chain.push(c.raw);
+    c = c.issuerCertificate;
+  }
   return {
     thumbprintSha1: cert.fingerprint,
     thumbprintSha256: cert.fingerprint256,
     ...(typeof cn === 'string' ? { subjectCommonName: cn } : {}),
+    chain,
   };
 }
 
@@ -283,7 +299,8 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
   // instead of waiting ~40 ms for the peer's delayed ACK.
   const tcp = createNetServer({ noDelay: true }, broker.handle);
   // Client certificates are asked for but not chain-checked by TLS: X.509 devices are matched by
-  // thumbprint against the registry in the authenticate step, as IoT Hub does for self-signed ones.
+  // thumbprint against the registry (self-signed) or their chain checked against the registered,
+  // verified CAs (CA-signed) in the authenticate step, as IoT Hub does.
   const tls = createTlsServer(
     {
       key: options.certificate.key,

@@ -1,5 +1,6 @@
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
+import { IoTClient } from '@aws-sdk/client-iot';
 import { IoTDataPlaneClient } from '@aws-sdk/client-iot-data-plane';
 import { KinesisClient } from '@aws-sdk/client-kinesis';
 import { S3Client } from '@aws-sdk/client-s3';
@@ -15,6 +16,7 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 let kinesis: KinesisClient | undefined;
 let dynamo: DynamoDBDocumentClient | undefined;
 let iotData: IoTDataPlaneClient | undefined;
+let iot: IoTClient | undefined;
 let eventBridge: EventBridgeClient | undefined;
 let sqs: SQSClient | undefined;
 let sns: SNSClient | undefined;
@@ -41,6 +43,12 @@ export function dynamoDocumentClient(): DynamoDBDocumentClient {
 export function iotDataClient(): IoTDataPlaneClient {
   iotData ??= new IoTDataPlaneClient({});
   return iotData;
+}
+
+/** The IoT control-plane client (things, certificates, policies: X.509 provisioning). */
+export function iotClient(): IoTClient {
+  iot ??= new IoTClient({});
+  return iot;
 }
 
 /** The EventBridge client (custom endpoints of type `eventbridge`). */

@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { ValidationError } from '../errors.ts';
 import { describeDeviceIdProblem } from './device-id.ts';
 import { generateSymmetricKey, isValidBase64Key, isValidThumbprint, normalizeThumbprint } from './keys.ts';
+import { checkDeviceCertificate } from './x509-chain.ts';
 
 /** Whether a device may connect. */
 export type DeviceStatus = 'enabled' | 'disabled';
@@ -76,10 +77,18 @@ export interface AuthenticationInput {
   readonly type: AuthenticationType;
   /** Both keys or neither; with `sas` and neither, the registry generates both. */
   readonly symmetricKey?: { readonly primaryKey?: string | null; readonly secondaryKey?: string | null };
-  /** Thumbprints, normalised; `primaryThumbprint` is required for `selfSigned`. */
+  /** Thumbprints, normalised; `primaryThumbprint` (or `primaryCertificate`) is required for `selfSigned`. */
   readonly x509Thumbprint?: {
     readonly primaryThumbprint?: string | null;
     readonly secondaryThumbprint?: string | null;
+    /**
+     * Extension (not in IoT Hub): the certificate itself, PEM, for `selfSigned` devices, so the hub can
+     * register it with IoT Core (`x509-provisioning.ts`). Its thumbprint must match `primaryThumbprint`, which
+     * is filled in (SHA-256) when omitted. Never stored in the registry.
+     */
+    readonly primaryCertificate?: string | null;
+    /** Extension: the secondary certificate, PEM; see `primaryCertificate`. */
+    readonly secondaryCertificate?: string | null;
   };
 }
 
@@ -142,12 +151,19 @@ const thumbprintSchema = z
   .nullable()
   .optional();
 
+const certificatePemSchema = z.string({ error: 'expected a PEM certificate' }).nullable().optional();
+
 const authenticationSchema = z
   .strictObject({
     type: z.enum(['sas', 'selfSigned', 'certificateAuthority', 'none']).default('sas'),
     symmetricKey: z.strictObject({ primaryKey: keySchema, secondaryKey: keySchema }).nullable().optional(),
     x509Thumbprint: z
-      .strictObject({ primaryThumbprint: thumbprintSchema, secondaryThumbprint: thumbprintSchema })
+      .strictObject({
+        primaryThumbprint: thumbprintSchema,
+        secondaryThumbprint: thumbprintSchema,
+        primaryCertificate: certificatePemSchema,
+        secondaryCertificate: certificatePemSchema,
+      })
       .nullable()
       .optional(),
   })
@@ -173,10 +189,27 @@ const authenticationSchema = z
         message: 'give both keys or neither (the registry generates both when neither is given)',
       });
     }
+    const primaryCertificate = auth.x509Thumbprint?.primaryCertificate ?? null;
+    const secondaryCertificate = auth.x509Thumbprint?.secondaryCertificate ?? null;
+    if (auth.type !== 'selfSigned') {
+      if (primaryCertificate !== null) notAllowed(['x509Thumbprint', 'primaryCertificate']);
+      if (secondaryCertificate !== null) notAllowed(['x509Thumbprint', 'secondaryCertificate']);
+    } else {
+      const slots = [
+        ['primaryCertificate', primaryCertificate, primaryThumbprint],
+        ['secondaryCertificate', secondaryCertificate, secondaryThumbprint],
+      ] as const;
+      for (const [field, pem, thumbprint] of slots) {
+        if (pem === null) continue;
+        const checked = checkDeviceCertificate(pem, thumbprint, new Date());
+        if (!checked.ok)
+          ctx.addIssue({ code: 'custom', path: ['x509Thumbprint', field], message: checked.message });
+      }
+    }
     if (auth.type !== 'selfSigned') {
       if (primaryThumbprint !== null) notAllowed(['x509Thumbprint', 'primaryThumbprint']);
       if (secondaryThumbprint !== null) notAllowed(['x509Thumbprint', 'secondaryThumbprint']);
-    } else if (primaryThumbprint === null) {
+    } else if (primaryThumbprint === null && primaryCertificate === null) {
       ctx.addIssue({
         code: 'custom',
         path: ['x509Thumbprint', 'primaryThumbprint'],
@@ -188,9 +221,25 @@ const authenticationSchema = z
     (auth): AuthenticationInput => ({
       type: auth.type,
       ...(auth.symmetricKey ? { symmetricKey: auth.symmetricKey } : {}),
-      ...(auth.x509Thumbprint ? { x509Thumbprint: auth.x509Thumbprint } : {}),
+      ...(auth.x509Thumbprint ? { x509Thumbprint: withCertificateThumbprints(auth.x509Thumbprint) } : {}),
     }),
   );
+
+/** Fills a missing thumbprint from the certificate given beside it (already checked: it parses). */
+function withCertificateThumbprints(
+  x509: NonNullable<AuthenticationInput['x509Thumbprint']>,
+): NonNullable<AuthenticationInput['x509Thumbprint']> {
+  const fill = (thumbprint: string | null | undefined, pem: string | null | undefined) => {
+    if ((thumbprint ?? null) !== null || pem == null) return thumbprint;
+    const checked = checkDeviceCertificate(pem, null, new Date(0));
+    return checked.ok ? checked.sha256 : thumbprint;
+  };
+  return {
+    ...x509,
+    primaryThumbprint: fill(x509.primaryThumbprint, x509.primaryCertificate),
+    secondaryThumbprint: fill(x509.secondaryThumbprint, x509.secondaryCertificate),
+  };
+}
 
 const statusSchema = z.enum(['enabled', 'disabled'], { error: "expected 'enabled' or 'disabled'" });
 const statusReasonSchema = z
