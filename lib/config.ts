@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { c2dSettingsSchema, DEFAULT_C2D_SETTINGS } from '../functions/core/c2d/config.ts';
+import { registryJobsConfigSchema } from '../functions/core/identity/jobs/config.ts';
 import { DEFAULT_ROUTING, routingConfigSchema } from '../functions/core/routing/config.ts';
 
 /** The built-in endpoint's capacity: on-demand, or a fixed number of shards. */
@@ -74,6 +75,12 @@ export const HubConfigSchema = z
      * built-in endpoint.
      */
     routing: routingConfigSchema.default(() => structuredClone(DEFAULT_ROUTING)),
+    /**
+     * Registry import/export jobs (`docs/registry-jobs.md`): existing buckets, besides the hub's own
+     * (stack output `RegistryJobsBucketName`), whose objects jobs may read and write, and how often an
+     * idle worker looks for a new job.
+     */
+    registryJobs: registryJobsConfigSchema.default(() => registryJobsConfigSchema.parse({})),
   })
   .strict();
 

@@ -217,8 +217,8 @@ export function parseJsonBody(request: ApiRequest): unknown {
 /** Error codes answered with 413 rather than the 400 of other `LimitExceededError`s. */
 const PAYLOAD_TOO_LARGE_CODES = new Set(['RequestEntityTooLarge']);
 
-/** Limits IoT Hub answers with 403 Forbidden. */
-const FORBIDDEN_LIMIT_CODES = new Set(['DeviceMaximumQueueDepthExceeded']);
+/** Limits IoT Hub answers with 403 Forbidden: a full C2D queue, a second import/export job. */
+const FORBIDDEN_LIMIT_CODES = new Set(['DeviceMaximumQueueDepthExceeded', 'JobQuotaExceeded']);
 
 /** Context keys a caller may see: they name its own input or a documented limit, never internals. */
 const SAFE_CONTEXT_KEYS = [
@@ -245,7 +245,7 @@ export function isThrottledCode(code: string): boolean {
  * | `ValidationError` | 400 |
  * | `NotFoundError` | 404 |
  * | `ConflictError` | 409, or 412 when its code is `PreconditionFailed` |
- * | `LimitExceededError` | 413 for a body over the size limit (`RequestEntityTooLarge`), 403 for a full C2D queue (`DeviceMaximumQueueDepthExceeded`, as IoT Hub), else 400 (IoT Hub answers a too-large bulk request with 400) |
+ * | `LimitExceededError` | 413 for a body over the size limit (`RequestEntityTooLarge`), 403 for a full C2D queue (`DeviceMaximumQueueDepthExceeded`) or a second import/export job (`JobQuotaExceeded`), as IoT Hub, else 400 (IoT Hub answers a too-large bulk request with 400) |
  * | any `HubError` coded as throttling (see {@link isThrottledCode}) | 429 |
  * | `TransientError` | 503 |
  * | anything else | 500 |
