@@ -1,16 +1,20 @@
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { KinesisStreamBatchResponse, KinesisStreamEvent } from 'aws-lambda';
-import { dynamoDocumentClient, kinesisClient } from './adapters/aws-clients.ts';
+import { dynamoDocumentClient, iotDataClient, kinesisClient } from './adapters/aws-clients.ts';
 import { DynamoDeadLetterStore } from './adapters/dead-letter-dynamodb.ts';
 import { endpointSink } from './adapters/endpoint-sinks.ts';
 import { KinesisStreamSink } from './adapters/kinesis-sink.ts';
 import { powertoolsLog } from './adapters/log.ts';
+import { DynamoDbDeviceRegistry } from './adapters/registry-dynamodb.ts';
+import { IotShadowStore } from './adapters/shadow-iot.ts';
+import { DynamoDbTagsStore } from './adapters/twin-tags-dynamodb.ts';
 import { type RouterDeps, routeBatch } from './core/d2c/router.ts';
 import { requireEnv, requireIntEnv } from './core/env.ts';
 import { HubError } from './core/errors.ts';
 import { endpointTargetsFromEnv, parseRouterRouting, ROUTING_FILE } from './core/routing/config.ts';
 import { compileRouting } from './core/routing/table.ts';
+import { RegistryTwinReader, type TwinReader } from './core/twins/twin-reader.ts';
 
 /**
  * The D2C router: a Kinesis event source mapping on the ingest stream invokes it with batches;
@@ -43,8 +47,24 @@ export function readRoutingFile(env: NodeJS.ProcessEnv) {
   return parseRouterRouting(readFileSync(file, 'utf8'));
 }
 
+/**
+ * The twin reader over the registry table (`REGISTRY_TABLE_NAME`: device and tags items) and the IoT
+ * data plane (classic shadows). The stack sets the variable, and grants the reads, only when the routing
+ * reads `$twin`.
+ */
+export function twinReaderFromEnv(env: NodeJS.ProcessEnv): TwinReader {
+  const tableName = requireEnv(env, 'REGISTRY_TABLE_NAME');
+  const client = dynamoDocumentClient();
+  return new RegistryTwinReader({
+    registry: new DynamoDbDeviceRegistry({ client, tableName }),
+    tags: new DynamoDbTagsStore({ client, tableName }),
+    shadows: new IotShadowStore(iotDataClient()),
+  });
+}
+
 function defaultDeps(env: NodeJS.ProcessEnv): RouterDeps {
   const { hubName, routing } = readRoutingFile(env);
+  const compiled = compileRouting(routing, hubName);
   const endpoints = Object.fromEntries(
     Object.entries(endpointTargetsFromEnv(env)).map(([name, target]) => [
       name,
@@ -54,7 +74,8 @@ function defaultDeps(env: NodeJS.ProcessEnv): RouterDeps {
   return {
     builtIn: new KinesisStreamSink(kinesisClient(), requireEnv(env, 'BUILTIN_STREAM_NAME')),
     endpoints,
-    routing: compileRouting(routing, hubName),
+    routing: compiled,
+    ...(compiled.usesTwin ? { twins: twinReaderFromEnv(env) } : {}),
     hubName,
     deadLetters: new DynamoDeadLetterStore(dynamoDocumentClient(), requireEnv(env, 'DEADLETTER_TABLE_NAME')),
     log: powertoolsLog('router'),

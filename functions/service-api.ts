@@ -5,12 +5,19 @@ import { IotConnections } from './adapters/connections.ts';
 import { KinesisStreamSink } from './adapters/kinesis-sink.ts';
 import { powertoolsLog } from './adapters/log.ts';
 import { DynamoDbDeviceRegistry } from './adapters/registry-dynamodb.ts';
+import { DynamoDbJobStore } from './adapters/registry-jobs-dynamodb.ts';
+import { IotShadowStore } from './adapters/shadow-iot.ts';
+import { DynamoDbTagsStore } from './adapters/twin-tags-dynamodb.ts';
+import { x509FromEnv } from './adapters/x509-wiring.ts';
 import { IngestLifecycleEvents, type LifecycleEvents } from './core/d2c/lifecycle-events.ts';
+import { IngestTwinChangeEvents } from './core/d2c/twin-change-events.ts';
 import { requireEnv } from './core/env.ts';
 import { ValidationError } from './core/errors.ts';
+import { allowedBucketsFromEnv, REGISTRY_JOBS_ENV } from './core/identity/jobs/config.ts';
 import type { DeviceRegistry } from './core/identity/registry.ts';
 import type { Log } from './core/ports.ts';
 import { type C2dRouteDeps, c2dRoutes } from './core/service-api/c2d-routes.ts';
+import { type CertificateRouteDeps, certificateRoutes } from './core/service-api/certificate-routes.ts';
 import {
   type ApiRequest,
   type ApiResponse,
@@ -21,7 +28,10 @@ import {
   type RouteEntry,
   RouteTable,
 } from './core/service-api/http.ts';
+import { registryJobsRoutes } from './core/service-api/registry-jobs-routes.ts';
 import { type DeviceConnections, registryRoutes } from './core/service-api/registry-routes.ts';
+import { twinRoutes } from './core/service-api/twin-routes.ts';
+import { TwinService } from './core/twins/service.ts';
 
 /** What the service API handler needs. */
 export interface ServiceApiDeps {
@@ -41,7 +51,11 @@ export interface ServiceApiDeps {
    * for routes of source `DeviceLifecycleEvents`. @default none
    */
   readonly lifecycleEvents?: LifecycleEvents;
-  /** Routes of other modules (twins, ...), added after the registry and C2D routes. @default [] */
+  /** X.509 CA certificates (`/certificates/...`). @default none: no certificate routes */
+  readonly certificates?: CertificateRouteDeps;
+  /** Device twins: `GET/PATCH/PUT /twins/{id}`, and forgetting a deleted device's twin. @default none */
+  readonly twins?: TwinService;
+  /** Routes of other modules, added after the registry, C2D and twin routes. @default [] */
   readonly extraRoutes?: readonly RouteEntry[];
   /** Largest accepted body in bytes, after base64 decoding. @default MAX_BODY_BYTES (256 KB) */
   readonly maxBodyBytes?: number;
@@ -121,6 +135,15 @@ export function makeHandler(deps: ServiceApiDeps) {
         });
       }
     }
+    if (reason === 'deleted' && deps.twins !== undefined) {
+      // A shadow left behind would be inherited by a later device with the same id: logged loudly.
+      await deps.twins.forget(deviceId).catch((error: unknown) => {
+        deps.log.error('could not delete the twin of a deleted device', {
+          deviceId,
+          ...describeError(error),
+        });
+      });
+    }
     await deps.connections.disconnect(deviceId);
   };
   const table = new RouteTable([
@@ -131,6 +154,8 @@ export function makeHandler(deps: ServiceApiDeps) {
       ...(deps.lifecycleEvents ? { lifecycleEvents: deps.lifecycleEvents } : {}),
     }),
     ...(c2d === undefined ? [] : c2dRoutes({ ...c2d, registry: deps.registry, log: deps.log })),
+    ...(deps.certificates === undefined ? [] : certificateRoutes(deps.certificates)),
+    ...(deps.twins === undefined ? [] : twinRoutes(deps.twins)),
     ...(deps.extraRoutes ?? []),
   ]);
   const onInternalError = (error: unknown): void => deps.log.error('request failed', describeError(error));
@@ -158,16 +183,34 @@ export function makeHandler(deps: ServiceApiDeps) {
 function defaultDeps(env: NodeJS.ProcessEnv): ServiceApiDeps {
   const log = powertoolsLog('service-api');
   const { ledger, delivery, settings } = c2dFromEnv(env, log);
+  const registryTable = requireEnv(env, 'REGISTRY_TABLE_NAME');
+  const registry = new DynamoDbDeviceRegistry({ client: dynamoDocumentClient(), tableName: registryTable });
+  // X.509 devices and CAs are provisioned in IoT Core when the stack names the device policy.
+  const x509 = x509FromEnv(env, registry, registryTable, log);
+  const ingest = new KinesisStreamSink(kinesisClient(), requireEnv(env, 'INGEST_STREAM_NAME'));
+  const twinChangeEvents = new IngestTwinChangeEvents({ sink: ingest, log });
   return {
     c2d: { ledger, delivery, settings },
-    registry: new DynamoDbDeviceRegistry({
-      client: dynamoDocumentClient(),
-      tableName: requireEnv(env, 'REGISTRY_TABLE_NAME'),
-    }),
+    registry: x509.registry,
+    certificates: { certificates: x509.certificates },
     connections: new IotConnections(iotDataClient()),
-    lifecycleEvents: new IngestLifecycleEvents({
-      sink: new KinesisStreamSink(kinesisClient(), requireEnv(env, 'INGEST_STREAM_NAME')),
+    twins: new TwinService({
+      registry,
+      tags: new DynamoDbTagsStore({ client: dynamoDocumentClient(), tableName: registryTable }),
+      shadows: new IotShadowStore(iotDataClient()),
+      // Tags changes become twin change events on the ingest stream; desired and reported changes get
+      // there from the shadow's update/documents topic.
+      onTagsChanged: (change) => twinChangeEvents.emit([change]),
       log,
+    }),
+    lifecycleEvents: new IngestLifecycleEvents({ sink: ingest, log }),
+    // Import/export jobs: the routes record them; functions/registry-jobs.ts runs them.
+    extraRoutes: registryJobsRoutes({
+      store: new DynamoDbJobStore({
+        client: dynamoDocumentClient(),
+        tableName: requireEnv(env, REGISTRY_JOBS_ENV.jobsTable),
+      }),
+      allowedBuckets: allowedBucketsFromEnv(env),
     }),
     log,
   };

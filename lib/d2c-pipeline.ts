@@ -10,10 +10,12 @@ import {
   type EndpointTarget,
   ROUTING_FILE,
   type RouterRouting,
+  routingUsesTwin,
 } from '../functions/core/routing/config.ts';
 import type { HubConfig } from './config.ts';
 import { type CustomEndpoint, routedEndpointNames } from './endpoints.ts';
 import { HubFunction } from './hub-function.ts';
+import { grantTwinReads } from './routing-twins.ts';
 import { DynamoPutAction, HubTopicRule, KinesisPutAction } from './topic-rule.ts';
 
 /** Props of {@link D2CPipeline}. */
@@ -28,6 +30,12 @@ export interface D2CPipelineProps {
   readonly customEndpoints?: ReadonlyMap<string, CustomEndpoint>;
   /** Where messages that cannot be delivered or accepted are kept, with the reason. */
   readonly deadLetters: dynamodb.ITable;
+  /**
+   * The registry table (devices and twin tags). The router reads it, with the devices' shadows, only
+   * when a route condition or an enrichment reads `$twin`; such a routing without it fails the synth.
+   * @default none
+   */
+  readonly registry?: dynamodb.ITable;
 }
 
 /**
@@ -128,6 +136,15 @@ export class D2CPipeline extends Construct {
     );
     this.router.function.addEnvironment(ENDPOINTS_ENV, Stack.of(this).toJsonString(targets));
     for (const endpoint of routed) endpoint.grantWrite(this.router.function);
+    // Least privilege: twin reads only for a routing that reads `$twin`.
+    if (routingUsesTwin(config.routing)) {
+      if (props.registry === undefined) {
+        throw new Error(
+          'hub.routing reads $twin: the D2C pipeline needs the registry table (props.registry)',
+        );
+      }
+      grantTwinReads(this.router, props.registry);
+    }
 
     this.router.function.addEventSource(
       new sources.KinesisEventSource(this.ingestStream, {

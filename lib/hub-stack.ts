@@ -2,6 +2,7 @@ import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import type { Construct } from 'constructs';
 import { BASIC_INGEST_RULE_ENV } from '../functions/core/identity/topics.ts';
+import { routesTwinChangeEvents } from '../functions/core/routing/config.ts';
 import { BuiltInEndpoint } from './built-in-endpoint.ts';
 import { C2dMessaging } from './c2d.ts';
 import type { HubConfig } from './config.ts';
@@ -9,7 +10,9 @@ import { D2CPipeline } from './d2c-pipeline.ts';
 import { CustomEndpoints } from './endpoints.ts';
 import { EventSources } from './event-sources.ts';
 import { Identity } from './identity.ts';
+import { RegistryJobs } from './registry-jobs.ts';
 import { HubTable } from './tables.ts';
+import { X509Provisioning } from './x509-provisioning.ts';
 
 /** Props of {@link HubStack}. */
 export interface HubStackProps extends StackProps {
@@ -27,7 +30,9 @@ export class HubStack extends Stack {
   readonly d2c: D2CPipeline;
   readonly eventSources: EventSources;
   readonly identity: Identity;
+  readonly x509: X509Provisioning;
   readonly c2d: C2dMessaging;
+  readonly registryJobs: RegistryJobs;
 
   constructor(scope: Construct, id: string, props: HubStackProps) {
     super(scope, id, props);
@@ -51,11 +56,14 @@ export class HubStack extends Stack {
       builtInEndpoint: this.builtInEndpoint.stream,
       customEndpoints: this.customEndpoints.endpoints,
       deadLetters: this.deadLetters.table,
+      // Read only when the routing reads `$twin`.
+      registry: this.registry.table,
     });
-    // Connection state and lifecycle events onto the ingest stream (route sources besides telemetry).
+    // Connection state, lifecycle and twin change events onto the ingest stream (route sources besides telemetry).
     this.eventSources = new EventSources(this, 'EventSources', {
       ingestStream: this.d2c.ingestStream,
       deadLetters: this.deadLetters.table,
+      twinChangeEvents: routesTwinChangeEvents(config.routing),
     });
 
     this.identity = new Identity(this, 'Identity', {
@@ -68,6 +76,13 @@ export class HubStack extends Stack {
       // Basic Ingest: the authorizer's policies name the ingest rule (its name is generated at deploy).
       this.identity.authorizerFunction.function.addEnvironment(BASIC_INGEST_RULE_ENV, this.d2c.rule.rule.ref);
     }
+    // X.509 devices in IoT Core: the shared device policy, per-device provisioning, just-in-time registration.
+    this.x509 = new X509Provisioning(this, 'X509', {
+      registry: this.registry.table,
+      serviceApi: this.identity.serviceApi,
+      deadLetters: this.deadLetters.table,
+      ...(config.basicIngest ? { basicIngestRuleName: this.d2c.rule.rule.ref } : {}),
+    });
 
     this.c2d = new C2dMessaging(this, 'C2D', {
       config,
@@ -75,6 +90,13 @@ export class HubStack extends Stack {
       registry: this.registry.table,
       deadLetters: this.deadLetters.table,
       serviceApi: this.identity.serviceApi,
+    });
+    // Registry import/export jobs through files in S3 (stateful: construct id `RegistryJobs`).
+    this.registryJobs = new RegistryJobs(this, 'RegistryJobs', {
+      config: config.registryJobs,
+      registry: this.registry.table,
+      serviceApi: this.identity.serviceApi,
+      ingestStream: this.d2c.ingestStream,
     });
 
     new CfnOutput(this, 'RegistryTableName', { value: this.registry.table.tableName });

@@ -40,7 +40,7 @@ export class Identity extends Construct {
 
     this.serviceApi = new HubFunction(this, 'ServiceApi', {
       entry: 'functions/service-api.ts',
-      description: 'Service API: registry and C2D send / purge / feedback (IoT Hub REST resources)',
+      description: 'Service API: registry, twins and C2D send / purge / feedback (IoT Hub REST resources)',
       environment: { HUB_HOSTNAME: config.hostName },
     }).bindTableReadWrite('REGISTRY_TABLE_NAME', props.registry);
     grantLifecycleWrite(this.serviceApi, props.ingestStream);
@@ -60,6 +60,20 @@ export class Identity extends Construct {
         reason: 'Invoked synchronously through its Function URL; errors go to the caller',
       },
     );
+    // Twins: desired properties are written to, and deleted devices' shadows removed from, the classic
+    // shadow of thing {deviceId}; any device of this hub, so thing/* (shadow actions take thing ARNs).
+    const anyThing = Arn.format({ service: 'iot', resource: 'thing', resourceName: '*' }, stack);
+    this.serviceApi.function.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['iot:GetThingShadow', 'iot:UpdateThingShadow', 'iot:DeleteThingShadow'],
+        resources: [anyThing],
+      }),
+    );
+    Validations.of(this.serviceApi).acknowledge({
+      id: `AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:iot:<AWS::Region>:<AWS::AccountId>:thing/*]`,
+      reason:
+        'The service API reads and writes the twin (classic shadow) of any device of this hub: thing/{deviceId}',
+    });
     this.serviceApiUrl = this.serviceApi.function.addFunctionUrl({
       authType: lambda.FunctionUrlAuthType.AWS_IAM,
     });

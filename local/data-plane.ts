@@ -1,5 +1,6 @@
 import { createServer, type ServerResponse } from 'node:http';
 import { listen, type RunningServer, readBody } from './net.ts';
+import { SHADOW_ERROR_TYPES, type ShadowRejection, type ShadowResult, type ShadowService } from './shadow.ts';
 
 /** What the data plane does with a publish. */
 export interface DataPlaneDeps {
@@ -9,15 +10,31 @@ export interface DataPlaneDeps {
   readonly disconnect: (clientId: string) => boolean;
   readonly maxMessageBytes: number;
   readonly log: (line: string) => void;
+  /**
+   * The Device Shadow service behind `GET`/`POST`/`DELETE /things/{thing}/shadow[?name=]` and
+   * `GET /api/things/shadow/ListNamedShadowsForThing/{thing}`. @default shadow operations answer 404
+   */
+  readonly shadows?: Pick<ShadowService, 'get' | 'update' | 'delete' | 'listNamedShadows'>;
 }
 
 function reply(res: ServerResponse, status: number, body: unknown): void {
   res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
 }
 
+/** A shadow outcome as the data plane answers it: 200 with the document, or the error with its type. */
+function replyShadow(res: ServerResponse, result: ShadowResult<object>): void {
+  if (result.ok) {
+    reply(res, 200, result.document);
+    return;
+  }
+  const rejection: ShadowRejection = result.rejection;
+  res.setHeader('x-amzn-errortype', SHADOW_ERROR_TYPES[rejection.code]);
+  reply(res, rejection.code, { code: rejection.code, message: rejection.message });
+}
+
 /**
  * The IoT data-plane REST API as far as the hub uses it (`POST /topics/{topic}?qos=`,
- * `DELETE /connections/{clientId}`), so
+ * `DELETE /connections/{clientId}`, the shadow operations when `deps.shadows` is given), so
  * `@aws-sdk/client-iot-data-plane` works against it unchanged. Errors use the data plane's
  * JSON shape (`{ message }` with the exception name in `x-amzn-errortype`).
  */
@@ -50,6 +67,32 @@ export async function startDataPlane(
           res.setHeader('x-amzn-errortype', 'InternalFailureException');
           return reply(res, 500, { message: 'publish failed' });
         }
+      }
+      const shadow = /^\/things\/([^/]+)\/shadow$/.exec(url.pathname);
+      if (shadow?.[1] && deps.shadows) {
+        const thingName = decodeURIComponent(shadow[1]);
+        const shadowName = url.searchParams.get('name') ?? undefined;
+        if (req.method === 'GET') return replyShadow(res, await deps.shadows.get(thingName, shadowName));
+        if (req.method === 'DELETE')
+          return replyShadow(res, await deps.shadows.delete(thingName, shadowName));
+        if (req.method === 'POST') {
+          const body = await readBody(req, deps.maxMessageBytes);
+          if (body === undefined) {
+            res.setHeader('x-amzn-errortype', 'RequestEntityTooLargeException');
+            return reply(res, 413, { code: 413, message: 'The payload exceeds the maximum size allowed' });
+          }
+          return replyShadow(res, await deps.shadows.update(thingName, body, shadowName));
+        }
+      }
+      const named = /^\/api\/things\/shadow\/ListNamedShadowsForThing\/([^/]+)$/.exec(url.pathname);
+      if (req.method === 'GET' && named?.[1] && deps.shadows) {
+        const pageSize = url.searchParams.get('pageSize');
+        const nextToken = url.searchParams.get('nextToken');
+        const listed = await deps.shadows.listNamedShadows(decodeURIComponent(named[1]), {
+          ...(pageSize !== null ? { pageSize: Number(pageSize) } : {}),
+          ...(nextToken !== null ? { nextToken } : {}),
+        });
+        return replyShadow(res, listed);
       }
       const connection = /^\/connections\/([^/]+)$/.exec(url.pathname);
       if (req.method === 'DELETE' && connection?.[1]) {

@@ -7,6 +7,7 @@ import {
   ResourceInUseException,
 } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
+import { IoTDataPlaneClient } from '@aws-sdk/client-iot-data-plane';
 import {
   CreateStreamCommand,
   DescribeStreamSummaryCommand,
@@ -83,6 +84,11 @@ export function localS3Client(url: string): S3Client {
 /** An EventBridge client for the local stand-in (`endpoints.eventBridge`). */
 export function localEventBridgeClient(url: string): EventBridgeClient {
   return new EventBridgeClient(localClientConfig(url));
+}
+
+/** An IoT data-plane client for the local hub's data plane (`endpoints.dataPlane`): publish, shadows. */
+export function localIoTDataPlaneClient(url: string): IoTDataPlaneClient {
+  return new IoTDataPlaneClient(localClientConfig(url));
 }
 
 /** A DynamoDB client for the local emulator. */

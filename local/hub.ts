@@ -1,10 +1,13 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { DynamoDbCaCertificateStore } from '../functions/adapters/ca-store-dynamodb.ts';
 import { DynamoDbDeviceRegistry } from '../functions/adapters/registry-dynamodb.ts';
 import { authenticateDevice, connectionRefusal } from '../functions/core/identity/authenticate.ts';
+import { CaCertificates } from '../functions/core/identity/ca-certificates.ts';
 import type { DeviceRegistry } from '../functions/core/identity/registry.ts';
 import { BASIC_INGEST_RULE_ENV } from '../functions/core/identity/topics.ts';
+import { DEVICE_POLICY_ENV } from '../functions/core/identity/x509-provisioning.ts';
 import { PROJECT_ROOT } from '../lib/hub-function.ts';
 import { type Authenticator, ConnectionRefusedError, type RunningBroker, startBroker } from './broker.ts';
 import { CheckpointStore } from './checkpoints.ts';
@@ -23,10 +26,12 @@ import { startEndpointServices } from './endpoint-services.ts';
 import { startEventBridge } from './eventbridge.ts';
 import { startFunctionUrl } from './function-url.ts';
 import { startHttpsPublish } from './https-publish.ts';
+import { startIotControlPlane } from './iot-control-plane.ts';
 import { KinesisMapping } from './kinesis-mapping.ts';
 import { LambdaRunner } from './lambda-runner.ts';
 import { RulesEngine } from './rules-engine.ts';
 import { refuseServiceCaller, serviceCredentials } from './service-credentials.ts';
+import { ShadowService } from './shadow.ts';
 import {
   type CfnTemplate,
   type LocalModel,
@@ -112,12 +117,16 @@ export interface LocalHubEndpoints {
   readonly feedbackStream: string;
   /** The C2D delivery ledger table (`''` when the stack has none). */
   readonly ledgerTable: string;
+  /** Stack output `RegistryJobsBucketName`: the bucket for import/export job files (`''` when none). */
+  readonly registryJobsBucket: string;
   /** SQS, SNS and S3 of the custom endpoints (one URL for the three). */
   readonly awsServices: string;
   /** EventBridge of the `eventbridge` custom endpoints. */
   readonly eventBridge: string;
   /** D2C over HTTP: `POST {httpPublish}/topics/{url-encoded topic}?qos=1` with the device's SAS token. */
   readonly httpPublish: string;
+  /** The IoT control-plane stand-in (things, certificates, policies of X.509 devices): `aws iot --endpoint-url`. */
+  readonly iotControlPlane: string;
   /** Stack output `BasicIngestTopicPrefix` (`$aws/rules/{ingest rule}/`); `''` when Basic Ingest is off. */
   readonly basicIngestTopicPrefix: string;
   /**
@@ -198,16 +207,40 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     // The data plane must be listening before functions can be given its URL.
     let brokerRef: RunningBroker | undefined;
     let rulesRef: RulesEngine | undefined;
+    // The Device Shadow service (data plane and `$aws/things/{thing}/shadow/...` requests): what it
+    // publishes reaches subscribers and the rules, as IoT Core's shadow messages do.
+    const shadows = new ShadowService({
+      dataDir,
+      log,
+      publish: async (topic, payload) => {
+        await brokerRef?.publish(topic, payload, 1);
+        await rulesRef?.ingest({ topic, payload, clientId: '', principal: 'iot' });
+      },
+    });
     const dataPlane = await startDataPlane(host, ports.dataPlane, {
+      shadows,
       maxMessageBytes: options.maxMessageBytes,
       log,
       disconnect: (clientId) => brokerRef?.disconnect(clientId) ?? false,
       publish: async (topic, payload, qos) => {
         await rulesRef?.ingest({ topic, payload, clientId: '', principal: 'dataplane' });
         await brokerRef?.publish(topic, payload, qos);
+        await shadows.handleMqtt(topic, payload);
       },
     });
     closers.push(() => dataPlane.close());
+    // IoT Core's control plane (things, certificates, policies) for X.509 provisioning, on a free port:
+    // only the functions call it (AWS_ENDPOINT_URL_IOT); endpoints.json has its URL.
+    const iotControlPlane = await startIotControlPlane({
+      host,
+      port: 0,
+      dataDir,
+      region: LOCAL_REGION,
+      account: '000000000000',
+      policies: model.functions.flatMap((f) => f.environment[DEVICE_POLICY_ENV] ?? []),
+      log,
+    });
+    closers.push(() => iotControlPlane.close());
 
     const runner = new LambdaRunner(
       model.functions,
@@ -220,6 +253,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
         AWS_ENDPOINT_URL_DYNAMODB: dynamo.url,
         AWS_ENDPOINT_URL_KINESIS: kinesisServer.url,
         AWS_ENDPOINT_URL_IOT_DATA_PLANE: dataPlane.url,
+        AWS_ENDPOINT_URL_IOT: iotControlPlane.url,
         AWS_ENDPOINT_URL_SQS: services.url,
         AWS_ENDPOINT_URL_SNS: services.url,
         AWS_ENDPOINT_URL_S3: services.url,
@@ -247,7 +281,10 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
         };
         attempt(0);
       },
-      republish: async (topic, payload, qos) => brokerRef?.publish(topic, payload, qos === 1 ? 1 : 0),
+      republish: async (topic, payload, qos) => {
+        await brokerRef?.publish(topic, payload, qos === 1 ? 1 : 0);
+        await shadows.handleMqtt(topic, payload);
+      },
     });
     rulesRef = rules;
 
@@ -260,6 +297,9 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       client: documents,
       tableName: registryTable,
     });
+    const caCertificates = new CaCertificates(
+      new DynamoDbCaCertificateStore({ client: documents, tableName: registryTable }),
+    );
     const authenticator: Authenticator = {
       // The same decision the cloud's custom authorizer makes, against the same registry table.
       authenticate: async ({ clientId, username, password, clientCertificate }) => {
@@ -268,10 +308,11 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
             clientId,
             username,
             password,
-            // CA-signed devices need registered CAs, which the local hub does not have yet.
+            // CA-signed devices: the chain must end at a registered, verified CA (the subject CN is
+            // compared with the device id by authenticateDevice).
             clientCertificate: clientCertificate && {
               ...clientCertificate,
-              issuerMatchesRegisteredCa: false,
+              issuerMatchesRegisteredCa: (await caCertificates.chainTrust(clientCertificate.chain)).ok,
             },
           },
           { registry, hostName: options.hostName, now: () => new Date() },
@@ -318,10 +359,13 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       },
       ingest: async ({ topic, payload, identity }) => {
         await rules.ingest({ topic, payload, clientId: identity.deviceId, principal: identity.principal });
+        await shadows.handleMqtt(topic, payload);
       },
     });
     brokerRef = broker;
     closers.push(() => broker.close());
+    // Runs before the broker closes: shadow messages still queued go out first.
+    closers.push(() => shadows.idle());
 
     // D2C over HTTP: the same authentication, topic policy and rules as an MQTT publish.
     const httpPublish = await startHttpsPublish(host, ports.httpPublish, {
@@ -335,6 +379,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
           .then(() => undefined),
       forward: async ({ topic, payload, qos }) => {
         if (!topic.startsWith('$aws/rules/')) await broker.publish(topic, payload, qos);
+        await shadows.handleMqtt(topic, payload);
       },
     });
     closers.push(() => httpPublish.close());
@@ -382,9 +427,11 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       deadLetterTable: model.outputs.DeadLetterTableName ?? '',
       feedbackStream: model.outputs.FeedbackStreamName ?? '',
       ledgerTable: model.outputs.LedgerTableName ?? '',
+      registryJobsBucket: model.outputs.RegistryJobsBucketName ?? '',
       awsServices: services.url,
       eventBridge: eventBridge.url,
       httpPublish: httpPublish.url,
+      iotControlPlane: iotControlPlane.url,
       basicIngestTopicPrefix: model.outputs.BasicIngestTopicPrefix ?? '',
       customEndpoints: JSON.parse(model.outputs.CustomEndpoints ?? '{}') as Record<
         string,

@@ -98,6 +98,7 @@ describe('hub configuration errors', () => {
       basicIngest: false,
       c2d: DEFAULT_C2D_SETTINGS,
       routing: { endpoints: [], routes: [], fallbackRoute: { isEnabled: true }, enrichments: [] },
+      registryJobs: { buckets: [], idlePollMs: 2000 },
     });
   });
 

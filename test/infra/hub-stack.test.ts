@@ -15,6 +15,12 @@ import {
 
 const D2C_TOPIC_FILTER = 'devices/+/messages/events/#';
 const XRAY_ACTIONS = ['xray:PutTraceSegments', 'xray:PutTelemetryRecords'];
+/** IoT actions without an IAM resource type (X.509 provisioning, `lib/x509-provisioning.ts`). */
+const NO_RESOURCE_TYPE_ACTIONS = [
+  'iot:RegisterCertificateWithoutCA',
+  'iot:RegisterCACertificate',
+  'iot:ListCertificatesByCA',
+];
 
 let stack: HubStack;
 let template: Template;
@@ -64,8 +70,8 @@ function statementsOfRole(roleId: string): FlatStatement[] {
 describe('ingest IoT rule', () => {
   it('selects the D2C topics with the ingest SQL, version 2016-03-23, enabled', () => {
     // The ingest rule, the presence rule, the connection state events rule (test/infra/event-sources.test.ts)
-    // and the three C2D rules (connected, subscribed, settle).
-    template.resourceCountIs('AWS::IoT::TopicRule', 6);
+    // the three C2D rules (connected, subscribed, settle) and the X.509 just-in-time registration rule.
+    template.resourceCountIs('AWS::IoT::TopicRule', 7);
     template.hasResourceProperties('AWS::IoT::TopicRule', {
       TopicRulePayload: Match.objectLike({
         Sql: ingestSql(D2C_TOPIC_FILTER),
@@ -207,13 +213,13 @@ describe('least privilege', () => {
     expect(wildcards).toEqual([]);
   });
 
-  it('uses Resource * only for the X-Ray actions that have no resource-level permissions', () => {
+  it('uses Resource * only for the X-Ray (and X.509 registration) actions that have no resource-level permissions', () => {
     const onStar = iamStatements(template).filter((s) => s.resources.includes('*'));
     // Active tracing puts the X-Ray statement on *, so the loop below has something to check.
     expect(onStar.length).toBeGreaterThan(0);
     for (const s of onStar) {
       expect(s.effect).toBe('Allow');
-      expect(XRAY_ACTIONS).toEqual(expect.arrayContaining([...s.actions]));
+      expect([...XRAY_ACTIONS, ...NO_RESOURCE_TYPE_ACTIONS]).toEqual(expect.arrayContaining([...s.actions]));
     }
   });
 
@@ -300,10 +306,11 @@ describe('no physical names', () => {
 });
 
 describe('tables', () => {
-  it('has the registry, ledger and dead-letter tables', () => {
-    template.resourceCountIs('AWS::DynamoDB::Table', 3);
+  it('has the registry, ledger, dead-letter and import/export jobs tables', () => {
+    template.resourceCountIs('AWS::DynamoDB::Table', 4);
     const tables = template.findResources('AWS::DynamoDB::Table');
-    for (const id of [ids.registry, ids.ledger, ids.deadLetters]) expect(tables[id]).toBeDefined();
+    const jobs = logicalId(stack.registryJobs.jobs.table);
+    for (const id of [ids.registry, ids.ledger, ids.deadLetters, jobs]) expect(tables[id]).toBeDefined();
   });
 
   it('gives every table string keys pk/sk, on-demand billing, PITR, SSE, and keeps it on stack deletion', () => {

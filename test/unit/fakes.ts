@@ -4,7 +4,14 @@
  */
 import type { DevicePublisher } from '../../functions/core/c2d/delivery.ts';
 import { decodeEnvelope } from '../../functions/core/d2c/envelope.ts';
-import type { Log, PutOutcome, StreamEntry, StreamSink } from '../../functions/core/ports.ts';
+import type {
+  DeadLetter,
+  DeadLetterStore,
+  Log,
+  PutOutcome,
+  StreamEntry,
+  StreamSink,
+} from '../../functions/core/ports.ts';
 
 /** A stream sink that records every call and lets a test decide, per entry, whether it is written. */
 export class FakeSink implements StreamSink {
@@ -150,5 +157,13 @@ export class FakeClock {
   advance(ms: number): number {
     this.ms += ms;
     return this.ms;
+  }
+}
+
+/** A dead-letter store that keeps what it is given. */
+export class MemoryDeadLetters implements DeadLetterStore {
+  readonly letters: DeadLetter[] = [];
+  async put(letters: readonly DeadLetter[]): Promise<void> {
+    this.letters.push(...letters);
   }
 }

@@ -52,7 +52,7 @@ describe('routing configuration', () => {
     ],
     [{ routes: [{ name: 'r', endpointNames: ['events', 'events'] }] }, 'routes.0.endpointNames'],
     [{ routes: [{ name: 'r', endpointNames: [] }] }, 'routes.0.endpointNames'],
-    [{ routes: [{ name: 'r', source: 'TwinChangeEvents', endpointNames: ['events'] }] }, 'routes.0.source'],
+    [{ routes: [{ name: 'r', source: 'twinChanges', endpointNames: ['events'] }] }, 'routes.0.source'],
     [{ routes: [{ name: 'r', endpointNames: ['events'], colour: 'red' }] }, 'routes.0'],
     [{ routes: [{ name: 'a b', endpointNames: ['events'] }] }, 'routes.0.name'],
     [
@@ -87,16 +87,12 @@ describe('routing configuration', () => {
     [{ endpoints: [{ name: 'b', type: 's3', format: 'csv' }] }, 'endpoints.0.format'],
     [{ endpoints: [{ name: 'events', type: 'eventbridge' }] }, 'endpoints.0.name'],
     [
-      { routes: [{ name: 'r', source: 'TwinChangeEvents', endpointNames: ['events'] }] },
-      'routes.0.source: TwinChangeEvents needs device twins',
-    ],
-    [
       { routes: [{ name: 'r', source: 'Telemetry', endpointNames: ['events'] }] },
       'routes.0.source: expected one of',
     ],
     [
-      { enrichments: [{ key: 'k', value: '$twin.tags.x', endpointNames: ['events'] }] },
-      'enrichments.0.value: $twin values need device twins',
+      { enrichments: [{ key: 'k', value: '$twin.tags', endpointNames: ['events'] }] },
+      "enrichments.0.value: '$twin.tags' names a whole twin section",
     ],
     [
       { enrichments: [{ key: 'k', value: 'v', endpointNames: ['nope'] }] },

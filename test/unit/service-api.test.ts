@@ -27,6 +27,8 @@ vi.hoisted(() => {
   process.env.LEDGER_TABLE_NAME ??= 'unit-test-ledger';
   process.env.FEEDBACK_STREAM_NAME ??= 'unit-test-feedback';
   process.env.INGEST_STREAM_NAME ??= 'unit-test-ingest';
+  process.env.REGISTRY_JOBS_TABLE_NAME ??= 'unit-test-registry-jobs';
+  process.env.REGISTRY_JOBS_BUCKETS ??= 'unit-test-registry-jobs-bucket';
 });
 
 const { makeHandler } = await import('../../functions/service-api.ts');

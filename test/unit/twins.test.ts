@@ -179,6 +179,19 @@ describe('TwinService', () => {
     expect(await shadows.get('d1')).toBeUndefined();
   });
 
+  it('a device whose id is no AWS thing name has tags but no desired properties', async () => {
+    const { twins, registry, shadows } = await setup();
+    await registry.create({ deviceId: 'a.b' });
+    shadows.get = async () => {
+      throw new Error('the shadow must not be read for an id that is no thing name');
+    };
+    expect((await twins.update('a.b', { tags: { ok: true } })).tags).toEqual({ ok: true });
+    await expect(twins.update('a.b', { properties: { desired: { x: 1 } } })).rejects.toMatchObject({
+      code: 'InvalidTwinPatch',
+      context: { field: 'properties.desired' },
+    });
+  });
+
   it('refuses tags over 8 KB, naming tags', async () => {
     const { twins } = await setup();
     await expect(

@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Device } from '../identity/device.ts';
-import type { Log, StreamEntry, StreamSink } from '../ports.ts';
 import { deviceIdentityBody, LIFECYCLE_KIND, type LifecycleOpType, type LifecycleRecord } from './events.ts';
-import { writeOrdered } from './ordered-writer.ts';
+import { IngestRecordWriter, type IngestRecordWriterDeps } from './ingest-writer.ts';
 
 /** One registry change that IoT Hub reports as a device lifecycle event. */
 export interface LifecycleChange {
@@ -23,16 +22,8 @@ export interface LifecycleEvents {
   emit(changes: readonly LifecycleChange[]): Promise<void>;
 }
 
-/** What {@link IngestLifecycleEvents} needs. */
-export interface IngestLifecycleEventsDeps {
-  /** The ingest stream. */
-  readonly sink: StreamSink;
-  readonly log: Log;
-  /** Calls in a row that write nothing before giving up. @default 5 */
-  readonly maxAttempts?: number;
-  /** First backoff delay, doubled per attempt. @default 50 */
-  readonly baseDelayMs?: number;
-  readonly sleep?: (ms: number) => Promise<void>;
+/** What {@link IngestLifecycleEvents} needs (the ingest stream and its retries, see {@link IngestRecordWriter}). */
+export interface IngestLifecycleEventsDeps extends IngestRecordWriterDeps {
   readonly now?: () => Date;
   readonly newId?: () => string;
 }
@@ -41,8 +32,8 @@ export interface IngestLifecycleEventsDeps {
  * Writes device lifecycle records ({@link LifecycleRecord}, `kind: deviceLifecycle`) on the ingest
  * stream, where the router routes them under the `DeviceLifecycleEvents` source. Partition key = device
  * id, as for telemetry and connection state events, so one device's events stay in order on the
- * stream; PutRecords carries at most one record per device per call (a device's next record is sent
- * only after the one before it is written), and failed records are retried with exponential backoff.
+ * stream; {@link IngestRecordWriter} writes them (one record per device per call, in order, retried with
+ * exponential backoff).
  *
  * The crash window, and why the record follows the registry write: the registry is the truth and the
  * event reports a change that happened. Writing the event first would announce creates and deletes that
@@ -64,7 +55,11 @@ export interface IngestLifecycleEventsDeps {
  * left; `docs/routing.md` lists it as a known limit.
  */
 export class IngestLifecycleEvents implements LifecycleEvents {
-  constructor(private readonly deps: IngestLifecycleEventsDeps) {}
+  private readonly writer: IngestRecordWriter;
+
+  constructor(private readonly deps: IngestLifecycleEventsDeps) {
+    this.writer = new IngestRecordWriter(deps, { label: 'lifecycle event', lost: 'lifecycle event lost' });
+  }
 
   async emit(changes: readonly LifecycleChange[]): Promise<void> {
     if (changes.length === 0) return;
@@ -80,46 +75,6 @@ export class IngestLifecycleEvents implements LifecycleEvents {
       enqueuedTime,
       ingestId: newId(),
     }));
-    // device → its records in order of the changes
-    const queues = new Map<string, { record: LifecycleRecord; entry: StreamEntry }[]>();
-    for (const record of records) {
-      const queue = queues.get(record.deviceId) ?? [];
-      queue.push({
-        record,
-        entry: {
-          partitionKey: record.deviceId,
-          data: Buffer.from(JSON.stringify(record)),
-          id: record.ingestId,
-        },
-      });
-      queues.set(record.deviceId, queue);
-    }
-    const lost = await this.writeInOrder(queues);
-    if (lost.length > 0) {
-      this.deps.log.error('lifecycle event lost', {
-        reason: 'the ingest stream did not take these records through every retry; put them on it unchanged',
-        records: lost,
-      });
-    }
-  }
-
-  /** Writes the device queues in order; returns the records it gave up on or the stream refused. */
-  private async writeInOrder(
-    queues: Map<string, { record: LifecycleRecord; entry: StreamEntry }[]>,
-  ): Promise<LifecycleRecord[]> {
-    const refused: LifecycleRecord[] = [];
-    await writeOrdered(
-      this.deps.sink,
-      queues,
-      {
-        label: 'lifecycle event',
-        log: this.deps.log,
-        maxAttempts: this.deps.maxAttempts ?? 5,
-        baseDelayMs: this.deps.baseDelayMs ?? 50,
-        sleep: this.deps.sleep,
-      },
-      (item) => refused.push(item.record),
-    );
-    return [...refused, ...[...queues.values()].flatMap((q) => q.map((p) => p.record))];
+    await this.writer.write(records);
   }
 }

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { HubError } from '../errors.ts';
+import { parseEnrichmentValue } from './enrichment.ts';
 import { compileRouteCondition } from './query.ts';
 
 /** Name of the built-in endpoint in routes, as in IoT Hub. */
@@ -83,26 +84,17 @@ export const ROUTE_SOURCES = [
   'DeviceMessages',
   'DeviceLifecycleEvents',
   'DeviceConnectionStateEvents',
+  'TwinChangeEvents',
 ] as const;
 export type RouteSource = (typeof ROUTE_SOURCES)[number];
 
-/**
- * A route. `TwinChangeEvents` needs device twins, which the hub does not have yet: it is refused
- * here rather than silently never matching.
- */
+/** A route. */
 const routeSchema = z.strictObject({
   name,
   source: z
     .string()
     .default('DeviceMessages')
-    .pipe(
-      z.enum(ROUTE_SOURCES, {
-        error: (issue) =>
-          issue.input === 'TwinChangeEvents'
-            ? 'TwinChangeEvents needs device twins, which the hub does not have yet'
-            : `expected one of ${ROUTE_SOURCES.join(', ')}`,
-      }),
-    ),
+    .pipe(z.enum(ROUTE_SOURCES, { error: () => `expected one of ${ROUTE_SOURCES.join(', ')}` })),
   /** IoT Hub routing query; empty or `true` matches everything. Compiled at synth time. */
   condition: z
     .string()
@@ -120,17 +112,23 @@ const routeSchema = z.strictObject({
   isEnabled: z.boolean().default(true),
 });
 
-/** An enrichment: a static value or `$iothubname`, added as an application property on the named endpoints. */
+/**
+ * An enrichment: a static value, `$iothubname` or a `$twin` path (see `enrichment.ts`), added as an
+ * application property on the named endpoints.
+ */
 const enrichmentSchema = z.strictObject({
   key: z.string().regex(PROPERTY_NAME, "1-128 characters of A-Z a-z 0-9 ! # $ % & ' * + - . ^ _ ` | ~"),
   value: z
     .string()
     .min(1)
     .max(4096)
-    .refine(
-      (v) => !v.toLowerCase().startsWith('$twin'),
-      '$twin values need device twins, which the hub does not have yet',
-    ),
+    .superRefine((value, ctx) => {
+      try {
+        parseEnrichmentValue(value);
+      } catch (error) {
+        ctx.addIssue({ code: 'custom', message: error instanceof Error ? error.message : String(error) });
+      }
+    }),
   endpointNames: z.array(name).min(1),
 });
 
@@ -175,6 +173,25 @@ export const routingConfigSchema = z
 
 /** Validated routing configuration. */
 export type RoutingConfig = z.output<typeof routingConfigSchema>;
+
+/**
+ * Whether the router reads device twins: an enabled route's condition or an enrichment reads `$twin`.
+ * The stack gives the router twin reads (registry and shadow) only then.
+ */
+export function routingUsesTwin(config: RoutingConfig): boolean {
+  return (
+    config.routes.some((r) => r.isEnabled && compileRouteCondition(r.condition).usesTwin) ||
+    config.enrichments.some((e) => parseEnrichmentValue(e.value).kind === 'twin')
+  );
+}
+
+/**
+ * Whether an enabled route takes twin change events. The stack puts shadow updates on the ingest
+ * stream (the shadow documents rule) only then.
+ */
+export function routesTwinChangeEvents(config: RoutingConfig): boolean {
+  return config.routes.some((r) => r.isEnabled && r.source === 'TwinChangeEvents');
+}
 
 /** No routes, fallback on: every message to the built-in endpoint. */
 export const DEFAULT_ROUTING: RoutingConfig = routingConfigSchema.parse({});

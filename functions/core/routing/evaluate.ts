@@ -20,7 +20,8 @@ import {
 /** A compiled expression: a tree of closures, so evaluation never looks at the syntax again. */
 export type Evaluator = (message: RoutingMessage) => QueryValue;
 
-function walk(value: QueryValue, path: readonly PathSegment[]): QueryValue {
+/** Follows a path into a body or twin value; `undefined` where a step does not exist. */
+export function walk(value: QueryValue, path: readonly PathSegment[]): QueryValue {
   let current = value;
   for (const segment of path) {
     if (segment.kind === 'key') {

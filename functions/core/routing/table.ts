@@ -1,4 +1,5 @@
 import { BUILT_IN_ENDPOINT, type RouteSource, type RoutingConfig } from './config.ts';
+import { type EnrichmentValue, parseEnrichmentValue, resolveEnrichment } from './enrichment.ts';
 import type { RoutingMessage } from './message.ts';
 import { type CompiledRouteCondition, compileRouteCondition } from './query.ts';
 
@@ -12,10 +13,24 @@ export interface CompiledRouting {
    * connection-state event goes nowhere.
    */
   endpointsFor(message: RoutingMessage, source?: RouteSource): string[];
-  /** Application properties of the message on `endpoint`: its own, with the endpoint's enrichments set over them. */
-  enrich(endpoint: string, properties: Readonly<Record<string, string>>): Readonly<Record<string, string>>;
+  /**
+   * Application properties of the message on `endpoint`: its own, with the endpoint's enrichments set
+   * over them. `twin` is the sending device's twin for `$twin` enrichments (`undefined`: it has none).
+   * Returns `properties` itself when the endpoint has no enrichments.
+   */
+  enrich(
+    endpoint: string,
+    properties: Readonly<Record<string, string>>,
+    twin?: RoutingMessage['twin'],
+  ): Readonly<Record<string, string>>;
   /** Whether any enabled route reads `$body` (the router can skip decoding bodies otherwise). */
   readonly usesBody: boolean;
+  /** Whether any enabled route or enrichment reads `$twin`. */
+  readonly usesTwin: boolean;
+  /** Whether an enabled route of `source` reads `$twin`: messages from it need their device's twin before evaluation. */
+  routesUseTwin(source: RouteSource): boolean;
+  /** Whether an enrichment of `endpoint` reads `$twin`: messages to it need their device's twin. */
+  enrichmentsUseTwin(endpoint: string): boolean;
 }
 
 interface CompiledRoute {
@@ -42,19 +57,28 @@ export function compileRouting(config: RoutingConfig, hubName: string): Compiled
       endpoint: r.endpointNames[0] ?? BUILT_IN_ENDPOINT,
       condition: compileRouteCondition(r.condition),
     }));
-  const enrichments = new Map<string, [string, string][]>();
+  const enrichments = new Map<string, [string, EnrichmentValue][]>();
   for (const e of config.enrichments) {
-    // `$iothubname` is IoT Hub's only value placeholder besides `$twin` paths; anything else is static.
-    const value = e.value.toLowerCase() === '$iothubname' ? hubName : e.value;
+    // `$iothubname` and `$twin` paths are IoT Hub's only value placeholders; anything else is static.
+    const value = parseEnrichmentValue(e.value);
     for (const endpoint of e.endpointNames) {
       const list = enrichments.get(endpoint) ?? [];
       list.push([e.key, value]);
       enrichments.set(endpoint, list);
     }
   }
+  const twinEnriched = new Set(
+    [...enrichments]
+      .filter(([, list]) => list.some(([, v]) => v.kind === 'twin'))
+      .map(([endpoint]) => endpoint),
+  );
+  const twinSources = new Set(routes.filter((r) => r.condition.usesTwin).map((r) => r.source));
   const fallback = config.fallbackRoute.isEnabled;
   return {
     usesBody: routes.some((r) => r.condition.usesBody),
+    usesTwin: twinSources.size > 0 || twinEnriched.size > 0,
+    routesUseTwin: (source) => twinSources.has(source),
+    enrichmentsUseTwin: (endpoint) => twinEnriched.has(endpoint),
     endpointsFor(message, source = 'DeviceMessages') {
       const out: string[] = [];
       for (const route of routes) {
@@ -64,10 +88,11 @@ export function compileRouting(config: RoutingConfig, hubName: string): Compiled
       if (out.length === 0 && fallback && source === 'DeviceMessages') out.push(BUILT_IN_ENDPOINT);
       return out;
     },
-    enrich(endpoint, properties) {
+    enrich(endpoint, properties, twin) {
       const extra = enrichments.get(endpoint);
       if (extra === undefined) return properties;
-      return { ...properties, ...Object.fromEntries(extra) };
+      const stamped = extra.map(([key, value]) => [key, resolveEnrichment(value, hubName, twin)]);
+      return { ...properties, ...Object.fromEntries(stamped) };
     },
   };
 }

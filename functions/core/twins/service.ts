@@ -1,3 +1,4 @@
+import { ValidationError } from '../errors.ts';
 import { PreconditionFailedError } from '../identity/errors.ts';
 import type { DeviceRegistry } from '../identity/registry.ts';
 import { isSpecificIfMatch } from '../identity/registry.ts';
@@ -5,6 +6,7 @@ import type { Log } from '../ports.ts';
 import { TagsConflictError } from './errors.ts';
 import { checkTagsSize, diffPatch, jsonEqual, mergePatch, parseTwinBody, type TwinPatch } from './patch.ts';
 import {
+  hasShadow,
   type JsonObject,
   parseTwinEtag,
   type ShadowDocument,
@@ -97,14 +99,14 @@ export class TwinService {
         error: String(error),
       });
     });
-    await this.deps.shadows.delete(deviceId);
+    if (hasShadow(deviceId)) await this.deps.shadows.delete(deviceId);
   }
 
   private async read(deviceId: string): Promise<TwinParts> {
     const device = await this.deps.registry.get(deviceId);
     const [stored, shadow] = await Promise.all([
       this.deps.tags.get(deviceId),
-      this.deps.shadows.get(deviceId),
+      hasShadow(deviceId) ? this.deps.shadows.get(deviceId) : undefined,
     ]);
     return { device, tags: tagsOfGeneration(device, stored), shadow };
   }
@@ -130,6 +132,13 @@ export class TwinService {
     if (patch.desired !== undefined) {
       const current = parts.shadow?.state.desired ?? {};
       const desired = opType === 'replaceTwin' ? diffPatch(current, patch.desired) : patch.desired;
+      if (!hasShadow(deviceId)) {
+        throw new ValidationError(
+          'InvalidTwinPatch',
+          `properties.desired: device '${deviceId}' has no shadow, so no desired properties: AWS IoT thing names allow only letters, digits, ':', '_' and '-'`,
+          { field: 'properties.desired', deviceId },
+        );
+      }
       if (Object.keys(desired).length > 0 || expected !== undefined) {
         shadow = await this.deps.shadows.updateDesired(deviceId, desired, expected?.shadow);
       }

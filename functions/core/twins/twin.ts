@@ -1,4 +1,5 @@
 import type { Device } from '../identity/device.ts';
+import { isThingName } from '../identity/topics.ts';
 
 /**
  * Device twins, IoT Hub's model on AWS parts: `tags` are kept by the hub in the registry table (only
@@ -53,6 +54,9 @@ export interface ShadowStore {
   /** Deletes the classic shadow; succeeds when there is none. */
   delete(thingName: string): Promise<void>;
 }
+
+/** Whether a device can have a shadow, hence desired and reported properties: its id is a thing name. */
+export const hasShadow = isThingName;
 
 /** The tags of one device's twin, as stored. */
 export interface StoredTags {
