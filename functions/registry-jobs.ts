@@ -7,6 +7,7 @@ import { powertoolsLog } from './adapters/log.ts';
 import { DynamoDbDeviceRegistry } from './adapters/registry-dynamodb.ts';
 import { DynamoDbJobStore } from './adapters/registry-jobs-dynamodb.ts';
 import { S3BlobStore } from './adapters/s3-blob-store.ts';
+import { x509FromEnv } from './adapters/x509-wiring.ts';
 import { IngestLifecycleEvents } from './core/d2c/lifecycle-events.ts';
 import { requireEnv } from './core/env.ts';
 import { idlePollFromEnv, REGISTRY_JOBS_ENV } from './core/identity/jobs/config.ts';
@@ -44,11 +45,11 @@ export function makeHandler(deps: WorkerDeps) {
 function defaultDeps(env: NodeJS.ProcessEnv): WorkerDeps {
   const log = powertoolsLog('registry-jobs');
   const documents = dynamoDocumentClient();
+  const registryTable = requireEnv(env, 'REGISTRY_TABLE_NAME');
+  const registry = new DynamoDbDeviceRegistry({ client: documents, tableName: registryTable });
   return {
-    registry: new DynamoDbDeviceRegistry({
-      client: documents,
-      tableName: requireEnv(env, 'REGISTRY_TABLE_NAME'),
-    }),
+    // Imported X.509 devices get their thing, certificates and policy in IoT Core, as through the API.
+    registry: x509FromEnv(env, registry, registryTable, log).registry,
     store: new DynamoDbJobStore({
       client: documents,
       tableName: requireEnv(env, REGISTRY_JOBS_ENV.jobsTable),

@@ -98,6 +98,8 @@ export class HubStack extends Stack {
       serviceApi: this.identity.serviceApi,
       ingestStream: this.d2c.ingestStream,
     });
+    // Imported X.509 devices are provisioned in IoT Core as devices created through the API are.
+    this.x509.grantDeviceProvisioning(this.registryJobs.worker);
 
     new CfnOutput(this, 'RegistryTableName', { value: this.registry.table.tableName });
     new CfnOutput(this, 'BuiltInEndpointStreamName', { value: this.builtInEndpoint.stream.streamName });

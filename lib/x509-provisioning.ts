@@ -40,6 +40,9 @@ export interface X509ProvisioningProps {
  *   `certificateAuthority` device named by its CN (chosen over JITP, whose template would provision any CN
  *   without looking at the registry).
  */
+const wildcard = (resource: string) =>
+  `Resource::arn:<AWS::Partition>:iot:<AWS::Region>:<AWS::AccountId>:${resource}/*`;
+
 export class X509Provisioning extends Construct {
   /** The shared device policy. */
   readonly devicePolicy: iot.CfnPolicy;
@@ -66,47 +69,27 @@ export class X509Provisioning extends Construct {
     const certs = arn('cert');
     const cas = arn('cacert');
 
+    this.grantDeviceProvisioning(props.serviceApi);
+    // The service API also mirrors verified CAs into IoT Core.
     const api = props.serviceApi.function;
-    api.addEnvironment(DEVICE_POLICY_ENV, this.devicePolicy.ref);
-    for (const statement of [
-      new iam.PolicyStatement({
-        sid: 'X509Things',
-        actions: [
-          'iot:CreateThing',
-          'iot:DeleteThing',
-          'iot:ListThingPrincipals',
-          'iot:AttachThingPrincipal',
-          'iot:DetachThingPrincipal',
-        ],
-        resources: [things],
-      }),
-      new iam.PolicyStatement({
-        sid: 'X509Certificates',
-        actions: ['iot:DescribeCertificate', 'iot:UpdateCertificate', 'iot:DeleteCertificate'],
-        resources: [certs],
-      }),
-      new iam.PolicyStatement({
-        sid: 'X509DevicePolicy',
-        actions: ['iot:AttachPolicy', 'iot:DetachPolicy'],
-        resources: [certs, policyArn],
-      }),
+    api.addToRolePolicy(
       new iam.PolicyStatement({
         sid: 'X509CaCertificates',
         actions: ['iot:UpdateCACertificate', 'iot:DeleteCACertificate'],
         resources: [cas],
       }),
+    );
+    api.addToRolePolicy(
       new iam.PolicyStatement({
-        sid: 'X509Register',
-        actions: [
-          'iot:RegisterCertificateWithoutCA',
-          'iot:RegisterCACertificate',
-          'iot:ListCertificatesByCA',
-        ],
+        sid: 'X509RegisterCa',
+        actions: ['iot:RegisterCACertificate', 'iot:ListCertificatesByCA'],
         resources: ['*'],
       }),
-    ]) {
-      api.addToRolePolicy(statement);
-    }
+    );
+    Validations.of(props.serviceApi).acknowledge({
+      id: `AwsSolutions-IAM5[${wildcard('cacert')}]`,
+      reason: 'CA certificate ids are the hashes of CAs verified at run time',
+    });
 
     this.registration = new HubFunction(this, 'Registration', {
       entry: 'functions/certificate-registration.ts',
@@ -147,28 +130,6 @@ export class X509Provisioning extends Construct {
       }),
     });
 
-    const wildcard = (resource: string) =>
-      `Resource::arn:<AWS::Partition>:iot:<AWS::Region>:<AWS::AccountId>:${resource}/*`;
-    Validations.of(props.serviceApi).acknowledge(
-      {
-        id: `AwsSolutions-IAM5[${wildcard('thing')}]`,
-        reason:
-          'Things are named by device ids, which are created at run time; the service API manages any of them',
-      },
-      {
-        id: `AwsSolutions-IAM5[${wildcard('cert')}]`,
-        reason: 'Certificate ids are the hashes of device certificates registered at run time',
-      },
-      {
-        id: `AwsSolutions-IAM5[${wildcard('cacert')}]`,
-        reason: 'CA certificate ids are the hashes of CAs verified at run time',
-      },
-      {
-        id: 'AwsSolutions-IAM5[Resource::*]',
-        reason:
-          'RegisterCertificateWithoutCA, RegisterCACertificate and ListCertificatesByCA have no IAM resource type; X-Ray also needs *',
-      },
-    );
     Validations.of(this.registration).acknowledge(
       {
         id: `AwsSolutions-IAM5[${wildcard('thing')}]`,
@@ -185,5 +146,67 @@ export class X509Provisioning extends Construct {
       },
     );
     new CfnOutput(stack, 'DevicePolicyName', { value: this.devicePolicy.ref });
+  }
+
+  /**
+   * Lets a function provision X.509 devices in IoT Core (what `x509FromEnv` does when it finds the policy
+   * name): the device policy's name in its environment, and things, certificates and the policy's
+   * attachments, scoped to `thing/*`, `cert/*` and the one policy. The service API has it; so does any
+   * other writer of the registry (registry import jobs), or the devices it writes could not connect.
+   */
+  grantDeviceProvisioning(target: HubFunction): void {
+    const stack = Stack.of(this);
+    const arn = (resource: string) => Arn.format({ service: 'iot', resource, resourceName: '*' }, stack);
+    const policyArn = Arn.format(
+      { service: 'iot', resource: 'policy', resourceName: this.devicePolicy.ref },
+      stack,
+    );
+    const fn = target.function;
+    fn.addEnvironment(DEVICE_POLICY_ENV, this.devicePolicy.ref);
+    for (const statement of [
+      new iam.PolicyStatement({
+        sid: 'X509Things',
+        actions: [
+          'iot:CreateThing',
+          'iot:DeleteThing',
+          'iot:ListThingPrincipals',
+          'iot:AttachThingPrincipal',
+          'iot:DetachThingPrincipal',
+        ],
+        resources: [arn('thing')],
+      }),
+      new iam.PolicyStatement({
+        sid: 'X509Certificates',
+        actions: ['iot:DescribeCertificate', 'iot:UpdateCertificate', 'iot:DeleteCertificate'],
+        resources: [arn('cert')],
+      }),
+      new iam.PolicyStatement({
+        sid: 'X509DevicePolicy',
+        actions: ['iot:AttachPolicy', 'iot:DetachPolicy'],
+        resources: [arn('cert'), policyArn],
+      }),
+      new iam.PolicyStatement({
+        sid: 'X509Register',
+        actions: ['iot:RegisterCertificateWithoutCA'],
+        resources: ['*'],
+      }),
+    ]) {
+      fn.addToRolePolicy(statement);
+    }
+    Validations.of(target).acknowledge(
+      {
+        id: `AwsSolutions-IAM5[${wildcard('thing')}]`,
+        reason: 'Things are named by device ids, which are created at run time; any device of this hub',
+      },
+      {
+        id: `AwsSolutions-IAM5[${wildcard('cert')}]`,
+        reason: 'Certificate ids are the hashes of device certificates registered at run time',
+      },
+      {
+        id: 'AwsSolutions-IAM5[Resource::*]',
+        reason:
+          'RegisterCertificateWithoutCA, RegisterCACertificate and ListCertificatesByCA have no IAM resource type; X-Ray also needs *',
+      },
+    );
   }
 }

@@ -28,6 +28,21 @@ function statementsOf(
 const iotActions = (statements: ReturnType<typeof statementsOf>) =>
   statements.flatMap((s) => [s.Action].flat()).filter((a) => a.startsWith('iot:'));
 
+describe('the registry import worker', () => {
+  it('provisions imported X.509 devices: the policy name and the device (not CA) provisioning actions', () => {
+    const worker = logicalId(stack.registryJobs.worker.function);
+    const variables =
+      template.findResources('AWS::Lambda::Function')[worker]?.Properties?.Environment?.Variables;
+    expect(variables?.[DEVICE_POLICY_ENV]).toEqual({ Ref: policyId });
+    const actions = iotActions(statementsOf(worker));
+    expect(actions).toEqual(
+      expect.arrayContaining(['iot:CreateThing', 'iot:RegisterCertificateWithoutCA', 'iot:AttachPolicy']),
+    );
+    expect(actions).not.toContain('iot:RegisterCACertificate');
+    expect(actions).not.toContain('iot:DeleteCACertificate');
+  });
+});
+
 describe('the shared device policy', () => {
   it('is one IoT policy, written with the thing-name variable and IsAttached on every statement', () => {
     const policies = template.findResources('AWS::IoT::Policy');

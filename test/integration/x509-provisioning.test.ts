@@ -7,10 +7,11 @@ import {
   ListThingPrincipalsCommand,
   ListThingsCommand,
 } from '@aws-sdk/client-iot';
+import { PutObjectCommand } from '@aws-sdk/client-s3';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { iotCertificateId } from '../../functions/core/identity/x509-provisioning.ts';
-import { LOCAL_CREDENTIALS } from '../../local/emulators.ts';
+import { LOCAL_CREDENTIALS, localS3Client } from '../../local/emulators.ts';
 import { service } from '../support/devices.ts';
 import { type HubProcess, startHubProcess } from '../support/hub-process.ts';
 import { makeCa, makeLeaf, type TestCertificate } from '../support/x509.ts';
@@ -180,6 +181,38 @@ describe('one service API call provisions an X.509 device in IoT Core', () => {
     await expect(iot.send(new DescribeCACertificateCommand({ certificateId: caId }))).rejects.toMatchObject({
       name: 'ResourceNotFoundException',
     });
+  });
+
+  it('an import job provisions the X.509 devices it creates, as the API does', async () => {
+    const cert = await makeLeaf('prov-import');
+    const s3 = localS3Client(hub.endpoints.awsServices);
+    const bucket = hub.endpoints.registryJobsBucket;
+    const line = {
+      id: 'prov-import',
+      importMode: 'create',
+      authentication: { type: 'selfSigned', x509Thumbprint: { primaryCertificate: cert.cert } },
+    };
+    await s3.send(
+      new PutObjectCommand({ Bucket: bucket, Key: 'x509/devices.txt', Body: `${JSON.stringify(line)}\n` }),
+    );
+    s3.destroy();
+    const created = await service(hub.endpoints, 'POST', '/jobs/create', {
+      type: 'import',
+      inputBlobContainerUri: `s3://${bucket}/x509`,
+      outputBlobContainerUri: `s3://${bucket}/x509/out`,
+    });
+    expect(created.status, JSON.stringify(created.body)).toBe(200);
+    const jobId = (created.body as { jobId: string }).jobId;
+    const deadline = Date.now() + 60_000;
+    let status = '';
+    while (!['completed', 'failed', 'cancelled'].includes(status) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+      status = ((await service(hub.endpoints, 'GET', `/jobs/${jobId}`)).body as { status: string }).status;
+    }
+    expect(status).toBe('completed');
+    expect(await thingView('prov-import')).toEqual([
+      expect.objectContaining({ status: 'ACTIVE', pem: cert.cert, policies: [expect.any(String)] }),
+    ]);
   });
 
   it('keeps things and certificates across a hub restart (state under the data directory)', async () => {

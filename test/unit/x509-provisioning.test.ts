@@ -432,10 +432,21 @@ describe('thingPolicyDocument', () => {
         Resource: [`${arn}:client/${THING_NAME_VARIABLE}`],
       }),
       expect.objectContaining({
-        Action: ['iot:Publish', 'iot:Receive'],
+        Action: ['iot:Receive'],
         Resource: [
           `${arn}:topic/devices/${THING_NAME_VARIABLE}/*`,
           `${arn}:topic/$aws/things/${THING_NAME_VARIABLE}/shadow/*`,
+        ],
+      }),
+      expect.objectContaining({
+        // Of its shadow, only the requests: the answers are the shadow service's.
+        Action: ['iot:Publish'],
+        Resource: [
+          `${arn}:topic/devices/${THING_NAME_VARIABLE}/*`,
+          ...['get', 'update', 'delete'].flatMap((op) => [
+            `${arn}:topic/$aws/things/${THING_NAME_VARIABLE}/shadow/${op}`,
+            `${arn}:topic/$aws/things/${THING_NAME_VARIABLE}/shadow/name/*/${op}`,
+          ]),
         ],
       }),
       expect.objectContaining({
@@ -459,7 +470,7 @@ describe('thingPolicyDocument', () => {
       account: '1',
       basicIngestRule: 'ingest',
     });
-    expect(doc.Statement[1]?.Resource).toContain(
+    expect(doc.Statement[2]?.Resource).toContain(
       `arn:aws:iot:eu-west-1:1:topic/$aws/rules/ingest/devices/${THING_NAME_VARIABLE}/messages/events`,
     );
   });

@@ -1,6 +1,12 @@
 import { LimitExceededError, ValidationError } from '../errors.ts';
 import { describeDeviceIdProblem } from './device-id.ts';
-import { basicIngestEventsTopic, deviceTopicPrefixes, IOT_RULE_NAME, shadowRequestTopics } from './topics.ts';
+import {
+  basicIngestEventsTopic,
+  deviceTopicPrefixes,
+  IOT_RULE_NAME,
+  isThingName,
+  shadowRequestTopics,
+} from './topics.ts';
 
 /** Where the policy applies: the partition, region and account of the IoT Core endpoint. */
 export interface PolicyTarget {
@@ -148,7 +154,7 @@ export function devicePolicyDocument(input: DevicePolicyInput): IotPolicyDocumen
       { Effect: 'Allow', Action: ['iot:Receive'], Resource: ownTopics.map((t) => `${arn}:topic/${t}`) },
       // Shadow requests in a statement of their own, so a 128-character id still fits one document each
       // (thing names need no escaping; an id that is no thing name has no shadow and no statement).
-      ...(shadowRequestTopics(input.deviceId).length === 0
+      ...(!isThingName(input.deviceId)
         ? []
         : [
             {

@@ -25,12 +25,12 @@ export function isThingName(deviceId: string): boolean {
 }
 
 /**
- * The shadow request topics of a device, as IoT policy resources (after `topic/`; `*` is one named
- * shadow); none for an id that is no thing name, which has no shadow.
+ * The shadow request topics of a thing, as IoT policy resources (after `topic/`; `*` is one named
+ * shadow). `thing` is a thing name or a policy variable; callers check that a device id is a thing name
+ * (an id that is not has no shadow, so no shadow topics).
  */
-export function shadowRequestTopics(deviceId: string): readonly string[] {
-  if (!isThingName(deviceId)) return [];
-  const shadow = `$aws/things/${deviceId}/shadow/`;
+export function shadowRequestTopics(thing: string): readonly string[] {
+  const shadow = `$aws/things/${thing}/shadow/`;
   return ['get', 'update', 'delete'].flatMap((op) => [`${shadow}${op}`, `${shadow}name/*/${op}`]);
 }
 

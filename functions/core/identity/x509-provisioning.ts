@@ -14,7 +14,7 @@ import {
   type ListOptions,
   runBulk,
 } from './registry.ts';
-import { deviceTopicPrefixes } from './topics.ts';
+import { deviceTopicPrefixes, shadowRequestTopics } from './topics.ts';
 import { commonNameOf, thumbprintsOf } from './x509-chain.ts';
 
 /**
@@ -157,9 +157,17 @@ export function thingPolicyDocument(input: ThingPolicyInput): {
       },
       {
         Effect: 'Allow',
-        Action: ['iot:Publish', 'iot:Receive'],
+        Action: ['iot:Receive'],
+        Resource: own.map((t) => `${arn}:topic/${t}`),
+        Condition: attached,
+      },
+      {
+        // Its own topics, and of its shadow only the requests (the answers are the shadow service's).
+        Effect: 'Allow',
+        Action: ['iot:Publish'],
         Resource: [
-          ...own.map((t) => `${arn}:topic/${t}`),
+          `${arn}:topic/devices/${THING_NAME_VARIABLE}/*`,
+          ...shadowRequestTopics(THING_NAME_VARIABLE).map((t) => `${arn}:topic/${t}`),
           ...(ingest === undefined ? [] : [`${arn}:topic/${ingest}`, `${arn}:topic/${ingest}/*`]),
         ],
         Condition: attached,
