@@ -5,12 +5,13 @@ import {
   PutCommand,
   QueryCommand,
 } from '@aws-sdk/lib-dynamodb';
-import { HubError, TransientError } from '../core/errors.ts';
+import { HubError } from '../core/errors.ts';
 import {
   type CaCertificate,
   type CaCertificateStore,
   caCertificateRecordSchema,
 } from '../core/identity/ca-certificates.ts';
+import { callTable, isConditionalCheckFailed } from './dynamodb-errors.ts';
 
 /** Partition key of every CA certificate item in the registry table. */
 export const CA_CERTIFICATE_PARTITION = 'cacert';
@@ -32,18 +33,6 @@ export interface DynamoDbCaCertificateStoreOptions {
   readonly client: DynamoDBDocumentClient;
   /** The registry table (`pk`/`sk` strings; see `deviceKey` in `registry-dynamodb.ts`). */
   readonly tableName: string;
-}
-
-const TRANSIENT = new Set([
-  'ProvisionedThroughputExceededException',
-  'ThrottlingException',
-  'RequestLimitExceeded',
-  'InternalServerError',
-  'ServiceUnavailable',
-]);
-
-function isConditionalCheckFailed(error: unknown): boolean {
-  return error instanceof Error && error.name === 'ConditionalCheckFailedException';
 }
 
 /**
@@ -159,22 +148,7 @@ export class DynamoDbCaCertificateStore implements CaCertificateStore {
   }
 
   /** Runs a DynamoDB call, turning throttling and server faults into {@link TransientError}. */
-  private async call<T>(fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (error) {
-      if (error instanceof Error && !isConditionalCheckFailed(error)) {
-        const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-        if (TRANSIENT.has(error.name) || (status !== undefined && status >= 500)) {
-          throw new TransientError(
-            'RegistryUnavailable',
-            `registry table unavailable: ${error.name}`,
-            {},
-            { cause: error },
-          );
-        }
-      }
-      throw error;
-    }
+  private call<T>(fn: () => Promise<T>): Promise<T> {
+    return callTable(fn, 'RegistryUnavailable', 'registry table');
   }
 }

@@ -37,6 +37,7 @@ import {
   normalizeIfMatch,
   runBulk,
 } from '../core/identity/registry.ts';
+import { callTable, isConditionalCheckFailed } from './dynamodb-errors.ts';
 
 /** Sort key of a device's registry item. Other modules may keep other items under the same `pk`. */
 export const DEVICE_SORT_KEY = 'device';
@@ -62,19 +63,6 @@ export interface DynamoDbDeviceRegistryOptions {
   readonly clock?: Clock;
   /** How often `replace` without a specific `If-Match` re-reads after losing a race. @default 5 */
   readonly maxReplaceAttempts?: number;
-}
-
-const THROTTLING = new Set([
-  'ProvisionedThroughputExceededException',
-  'ThrottlingException',
-  'RequestLimitExceeded',
-  'InternalServerError',
-  'ServiceUnavailable',
-  'TransactionConflictException',
-]);
-
-function isConditionalCheckFailed(error: unknown): error is ConditionalCheckFailedException {
-  return error instanceof Error && error.name === 'ConditionalCheckFailedException';
 }
 
 const NAMES = {
@@ -384,22 +372,7 @@ export class DynamoDbDeviceRegistry implements DeviceRegistry {
   }
 
   /** Runs a DynamoDB call, turning throttling and server faults into {@link TransientError}. */
-  private async call<T>(fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (error) {
-      if (error instanceof Error && !isConditionalCheckFailed(error)) {
-        const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-        if (THROTTLING.has(error.name) || (status !== undefined && status >= 500)) {
-          throw new TransientError(
-            'RegistryUnavailable',
-            `registry table unavailable: ${error.name}`,
-            {},
-            { cause: error },
-          );
-        }
-      }
-      throw error;
-    }
+  private call<T>(fn: () => Promise<T>): Promise<T> {
+    return callTable(fn, 'RegistryUnavailable', 'registry table');
   }
 }

@@ -1,4 +1,3 @@
-import { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
 import {
   DeleteCommand,
   type DynamoDBDocumentClient,
@@ -6,9 +5,9 @@ import {
   PutCommand,
   type PutCommandInput,
 } from '@aws-sdk/lib-dynamodb';
-import { TransientError } from '../core/errors.ts';
 import { TagsConflictError } from '../core/twins/errors.ts';
 import type { JsonObject, StoredTags, TagsStore } from '../core/twins/twin.ts';
+import { callTable, isConditionalCheckFailed } from './dynamodb-errors.ts';
 
 /** Sort key of a device's twin tags item, next to its registry item (`sk = device`). */
 export const TWIN_SORT_KEY = 'twin';
@@ -17,12 +16,6 @@ export const TWIN_SORT_KEY = 'twin';
 export function twinTagsKey(deviceId: string): { pk: string; sk: string } {
   return { pk: `device#${deviceId}`, sk: TWIN_SORT_KEY };
 }
-
-const THROTTLING = new Set([
-  'ProvisionedThroughputExceededException',
-  'ThrottlingException',
-  'RequestLimitExceeded',
-]);
 
 /**
  * Twin tags in the registry table, one item per device beside its registry item. Writes are conditional
@@ -86,10 +79,7 @@ export class DynamoDbTagsStore implements TagsStore {
         ),
       );
     } catch (error) {
-      if (
-        error instanceof ConditionalCheckFailedException ||
-        (error as Error).name === 'ConditionalCheckFailedException'
-      ) {
+      if (isConditionalCheckFailed(error)) {
         throw new TagsConflictError(deviceId, { cause: error });
       }
       throw error;
@@ -104,20 +94,7 @@ export class DynamoDbTagsStore implements TagsStore {
     );
   }
 
-  private async call<T>(fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (error) {
-      const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-      if (error instanceof Error && (THROTTLING.has(error.name) || (status !== undefined && status >= 500))) {
-        throw new TransientError(
-          'RegistryUnavailable',
-          `registry table unavailable: ${error.name}`,
-          {},
-          { cause: error },
-        );
-      }
-      throw error;
-    }
+  private call<T>(fn: () => Promise<T>): Promise<T> {
+    return callTable(fn, 'RegistryUnavailable', 'registry table');
   }
 }

@@ -1,0 +1,38 @@
+import type { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
+import { TransientError } from '../core/errors.ts';
+
+/** DynamoDB error names worth retrying later: throttling, server faults, transaction conflicts. */
+const TRANSIENT = new Set([
+  'ProvisionedThroughputExceededException',
+  'ThrottlingException',
+  'RequestLimitExceeded',
+  'InternalServerError',
+  'ServiceUnavailable',
+  'TransactionConflictException',
+]);
+
+/** Whether a DynamoDB call failed its condition (by name: dynalite's errors are not the SDK's classes). */
+export function isConditionalCheckFailed(error: unknown): error is ConditionalCheckFailedException {
+  return error instanceof Error && error.name === 'ConditionalCheckFailedException';
+}
+
+/**
+ * Runs a DynamoDB call, turning throttling and server faults into a {@link TransientError} (`code`, 503 at
+ * the edge, retried by event sources) that names the table's role; other errors pass unchanged.
+ *
+ * @example
+ * const out = await callTable(() => client.send(new GetCommand(...)), 'RegistryUnavailable', 'registry table');
+ */
+export async function callTable<T>(fn: () => Promise<T>, code: string, what: string): Promise<T> {
+  try {
+    return await fn();
+  } catch (error) {
+    if (error instanceof Error && !isConditionalCheckFailed(error)) {
+      const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+      if (TRANSIENT.has(error.name) || (status !== undefined && status >= 500)) {
+        throw new TransientError(code, `${what} unavailable: ${error.name}`, {}, { cause: error });
+      }
+    }
+    throw error;
+  }
+}
