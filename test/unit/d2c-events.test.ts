@@ -1,5 +1,5 @@
 import type { APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
-import { describe, expect, it, vi } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { MemoryDeviceRegistry } from '../../functions/adapters/registry-memory.ts';
 import {
   buildConnectionStateEnvelope,
@@ -20,15 +20,8 @@ import { compileRouting } from '../../functions/core/routing/table.ts';
 import { urlEvent } from '../support/function-url-event.ts';
 import { FakeSink, MemoryLog } from './fakes.ts';
 
-// The service API module builds its default handler at import time; give it what its stack would.
-vi.hoisted(() => {
-  process.env.REGISTRY_TABLE_NAME ??= 'unit-test-registry';
-  process.env.LEDGER_TABLE_NAME ??= 'unit-test-ledger';
-  process.env.FEEDBACK_STREAM_NAME ??= 'unit-test-feedback';
-  process.env.INGEST_STREAM_NAME ??= 'unit-test-ingest';
-  process.env.REGISTRY_JOBS_TABLE_NAME ??= 'unit-test-registry-jobs';
-  process.env.REGISTRY_JOBS_BUCKETS ??= 'unit-test-registry-jobs-bucket';
-});
+import '../support/service-api-env.ts';
+
 const { makeHandler } = await import('../../functions/service-api.ts');
 
 const KEY = Buffer.alloc(32, 7).toString('base64');

@@ -1,5 +1,5 @@
 import type { APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
-import { beforeEach, describe, expect, it, vi } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { MemoryDeliveryLedger } from '../../functions/adapters/ledger-memory.ts';
 import { MemoryDeviceRegistry } from '../../functions/adapters/registry-memory.ts';
 import { type C2dSettings, DEFAULT_C2D_SETTINGS } from '../../functions/core/c2d/config.ts';
@@ -10,15 +10,7 @@ import type { DeviceConnections } from '../../functions/core/service-api/registr
 import { type EventOptions, urlEvent } from '../support/function-url-event.ts';
 import { FakeClock, MemoryLog, RecordingPublisher } from './fakes.ts';
 
-// The module builds its default handler at import time; give it the variables its stack would.
-vi.hoisted(() => {
-  process.env.REGISTRY_TABLE_NAME ??= 'unit-test-registry';
-  process.env.LEDGER_TABLE_NAME ??= 'unit-test-ledger';
-  process.env.FEEDBACK_STREAM_NAME ??= 'unit-test-feedback';
-  process.env.INGEST_STREAM_NAME ??= 'unit-test-ingest';
-  process.env.REGISTRY_JOBS_TABLE_NAME ??= 'unit-test-registry-jobs';
-  process.env.REGISTRY_JOBS_BUCKETS ??= 'unit-test-registry-jobs-bucket';
-});
+import '../support/service-api-env.ts';
 
 const { makeHandler } = await import('../../functions/service-api.ts');
 
