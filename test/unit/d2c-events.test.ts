@@ -14,11 +14,11 @@ import { IngestLifecycleEvents, type LifecycleChange } from '../../functions/cor
 import { type RouterDeps, routeBatch, type SourceRecord } from '../../functions/core/d2c/router.ts';
 import { HubError } from '../../functions/core/errors.ts';
 import type { Device } from '../../functions/core/identity/device.ts';
-import type { DeadLetter, DeadLetterStore, StreamSink } from '../../functions/core/ports.ts';
+import type { StreamSink } from '../../functions/core/ports.ts';
 import { routingConfigSchema } from '../../functions/core/routing/config.ts';
 import { compileRouting } from '../../functions/core/routing/table.ts';
 import { urlEvent } from '../support/function-url-event.ts';
-import { FakeSink, MemoryLog } from './fakes.ts';
+import { FakeSink, MemoryDeadLetters, MemoryLog } from './fakes.ts';
 
 import '../support/service-api-env.ts';
 
@@ -215,20 +215,13 @@ describe('parseIngestRecord', () => {
   });
 });
 
-class FakeDeadLetters implements DeadLetterStore {
-  readonly letters: DeadLetter[] = [];
-  async put(letters: readonly DeadLetter[]): Promise<void> {
-    this.letters.push(...letters);
-  }
-}
-
 function batch(...records: unknown[]): SourceRecord[] {
   return records.map((r, i) => ({ sequenceNumber: String(i + 1), data: Buffer.from(JSON.stringify(r)) }));
 }
 
 function router(routing: unknown, endpoints: Record<string, StreamSink> = {}) {
   const builtIn = new FakeSink();
-  const deadLetters = new FakeDeadLetters();
+  const deadLetters = new MemoryDeadLetters();
   const deps: RouterDeps = {
     builtIn,
     endpoints,

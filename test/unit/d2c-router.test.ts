@@ -2,7 +2,6 @@ import { describe, expect, it } from 'vitest';
 import { decodeEnvelope, type IngestRecord } from '../../functions/core/d2c/envelope.ts';
 import { type RouterDeps, routeBatch, type SourceRecord } from '../../functions/core/d2c/router.ts';
 import type {
-  DeadLetter,
   DeadLetterStore,
   Log,
   SinkLimits,
@@ -11,7 +10,7 @@ import type {
 } from '../../functions/core/ports.ts';
 import { routingConfigSchema } from '../../functions/core/routing/config.ts';
 import { compileRouting } from '../../functions/core/routing/table.ts';
-import { FakeSink } from './fakes.ts';
+import { FakeSink, MemoryDeadLetters } from './fakes.ts';
 
 const NOW = new Date('2030-01-02T03:04:05.000Z');
 
@@ -21,15 +20,6 @@ class ThrowingSink implements StreamSink {
   async put(): Promise<readonly boolean[]> {
     this.calls += 1;
     throw new Error('ProvisionedThroughputExceededException');
-  }
-}
-
-class FakeDeadLetters implements DeadLetterStore {
-  readonly letters: DeadLetter[] = [];
-  constructor(private readonly fail = false) {}
-  async put(letters: readonly DeadLetter[]): Promise<void> {
-    if (this.fail) throw new Error('dead-letter table unavailable');
-    this.letters.push(...letters);
   }
 }
 
@@ -46,7 +36,7 @@ class FakeLog implements Log {
   }
 }
 
-function deps(builtIn: StreamSink, deadLetters: DeadLetterStore = new FakeDeadLetters()) {
+function deps(builtIn: StreamSink, deadLetters: DeadLetterStore = new MemoryDeadLetters()) {
   const sleeps: number[] = [];
   const log = new FakeLog();
   const value: RouterDeps = {
@@ -226,7 +216,7 @@ describe('routeBatch: dead letters', () => {
 
   it('dead-letters bad records with code and reason and never sends them to the sink', async () => {
     const sink = new FakeSink();
-    const store = new FakeDeadLetters();
+    const store = new MemoryDeadLetters();
     const records = [
       message('a', 'a-0'),
       raw('{"topic": '),
@@ -266,7 +256,7 @@ describe('routeBatch: dead letters', () => {
 
   it('dead-letters a body over the limit as MessageTooLarge', async () => {
     const sink = new FakeSink();
-    const store = new FakeDeadLetters();
+    const store = new MemoryDeadLetters();
     const { deps: d } = deps(sink, store);
     const result = await routeBatch([message('a', 'a-0', 'x'.repeat(101))], {
       ...d,
@@ -297,7 +287,7 @@ describe('routeBatch: dead letters', () => {
       message('b', 'b-0'),
       raw('bad 2'),
     ];
-    const { deps: d, log } = deps(sink, new FakeDeadLetters(true));
+    const { deps: d, log } = deps(sink, new MemoryDeadLetters(true));
     const result = await routeBatch(records, d);
     expect(result).toEqual({ delivered: 3, deadLettered: 0, retryFrom: records[2]?.sequenceNumber });
     expect(sink.writtenIds.sort()).toEqual(['a-0', 'a-1', 'b-0']);
@@ -317,7 +307,7 @@ describe('routeBatch: an endpoint that refuses a message for good', () => {
 
   it('dead-letters it for that endpoint at once, without retrying, and keeps writing the device in order', async () => {
     const queue = refusing();
-    const letters = new FakeDeadLetters();
+    const letters = new MemoryDeadLetters();
     const d = deps(new FakeSink(), letters);
     const records = [message('a', 'a-0'), message('a', 'a-1'), message('a', 'a-2'), message('b', 'b-0')];
     const result = await routeBatch(records, { ...d.deps, endpoints: { queue }, routing: routing(config) });
@@ -337,7 +327,7 @@ describe('routeBatch: an endpoint that refuses a message for good', () => {
   });
 
   it('retries from the refused record when the dead letter cannot be written', async () => {
-    const d = deps(new FakeSink(), new FakeDeadLetters(true));
+    const d = deps(new FakeSink(), new MemoryDeadLetters(true));
     const records = [message('a', 'a-0'), message('a', 'a-1'), message('a', 'a-2')];
     const result = await routeBatch(records, {
       ...d.deps,
@@ -525,7 +515,7 @@ describe('routeBatch: routes, fallback and enrichments', () => {
   });
 
   it('dead-letters a message routed to an endpoint the deployment has no stream for', async () => {
-    const letters = new FakeDeadLetters();
+    const letters = new MemoryDeadLetters();
     const d: RouterDeps = { ...deps(new FakeSink(), letters).deps, endpoints: {}, routing: routing(config) };
     const result = await routeBatch([routable('d1', 'x', 'level=critical', {})], d);
     expect(result).toEqual({ delivered: 0, deadLettered: 1 });
@@ -593,7 +583,7 @@ describe('routeBatch: sink limits', () => {
     const builtIn = new FakeSink();
     const small = new LimitedSink({ maxEntries: 10, maxBytes: 1000, maxEntryBytes: 1000 });
     const big = new FakeSink();
-    const letters = new FakeDeadLetters();
+    const letters = new MemoryDeadLetters();
     const d: RouterDeps = {
       ...deps(builtIn, letters).deps,
       endpoints: { small, big },

@@ -160,10 +160,12 @@ export class FakeClock {
   }
 }
 
-/** A dead-letter store that keeps what it is given. */
+/** A dead-letter store that keeps what it is given, or (`fail`) refuses every write as an outage would. */
 export class MemoryDeadLetters implements DeadLetterStore {
   readonly letters: DeadLetter[] = [];
+  constructor(private readonly fail = false) {}
   async put(letters: readonly DeadLetter[]): Promise<void> {
+    if (this.fail) throw new Error('dead-letter table unavailable');
     this.letters.push(...letters);
   }
 }
