@@ -1,17 +1,11 @@
-import {
-  DeleteCommand,
-  type DynamoDBDocumentClient,
-  GetCommand,
-  PutCommand,
-  QueryCommand,
-} from '@aws-sdk/lib-dynamodb';
+import { DeleteCommand, type DynamoDBDocumentClient, GetCommand, PutCommand } from '@aws-sdk/lib-dynamodb';
 import { HubError } from '../core/errors.ts';
 import {
   type CaCertificate,
   type CaCertificateStore,
   caCertificateRecordSchema,
 } from '../core/identity/ca-certificates.ts';
-import { callTable, isConditionalCheckFailed } from './dynamodb-errors.ts';
+import { callTable, isConditionalCheckFailed, queryPages } from './dynamodb-calls.ts';
 
 /** Partition key of every CA certificate item in the registry table. */
 export const CA_CERTIFICATE_PARTITION = 'cacert';
@@ -62,23 +56,18 @@ export class DynamoDbCaCertificateStore implements CaCertificateStore {
   /** {@inheritDoc CaCertificateStore.list} */
   async list(): Promise<CaCertificate[]> {
     const records: CaCertificate[] = [];
-    let startKey: Record<string, unknown> | undefined;
-    do {
-      const out = await this.call(() =>
-        this.client.send(
-          new QueryCommand({
-            TableName: this.tableName,
-            KeyConditionExpression: '#pk = :pk',
-            ExpressionAttributeNames: { '#pk': 'pk' },
-            ExpressionAttributeValues: { ':pk': CA_CERTIFICATE_PARTITION },
-            ConsistentRead: true,
-            ...(startKey ? { ExclusiveStartKey: startKey } : {}),
-          }),
-        ),
-      );
-      for (const item of out.Items ?? []) records.push(this.fromItem(item));
-      startKey = out.LastEvaluatedKey;
-    } while (startKey !== undefined);
+    const pages = queryPages(
+      this.client,
+      {
+        TableName: this.tableName,
+        KeyConditionExpression: '#pk = :pk',
+        ExpressionAttributeNames: { '#pk': 'pk' },
+        ExpressionAttributeValues: { ':pk': CA_CERTIFICATE_PARTITION },
+        ConsistentRead: true,
+      },
+      (fn) => this.call(fn),
+    );
+    for await (const items of pages) for (const item of items) records.push(this.fromItem(item));
     return records.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 

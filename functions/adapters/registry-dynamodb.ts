@@ -37,7 +37,7 @@ import {
   normalizeIfMatch,
   runBulk,
 } from '../core/identity/registry.ts';
-import { callTable, isConditionalCheckFailed } from './dynamodb-errors.ts';
+import { callTable, isConditionalCheckFailed } from './dynamodb-calls.ts';
 
 /** Sort key of a device's registry item. Other modules may keep other items under the same `pk`. */
 export const DEVICE_SORT_KEY = 'device';

@@ -1,14 +1,9 @@
-import {
-  DeleteCommand,
-  type DynamoDBDocumentClient,
-  GetCommand,
-  PutCommand,
-  QueryCommand,
-} from '@aws-sdk/lib-dynamodb';
+import { DeleteCommand, type DynamoDBDocumentClient, GetCommand, PutCommand } from '@aws-sdk/lib-dynamodb';
 import { HubError } from '../core/errors.ts';
 import { JobChangedError } from '../core/identity/jobs/errors.ts';
 import { type ImportExportJob, JOB_RETENTION_SECONDS, jobRecordSchema } from '../core/identity/jobs/job.ts';
 import type { ActiveJob, JobStore } from '../core/identity/jobs/ports.ts';
+import { isConditionalCheckFailed, queryPages } from './dynamodb-calls.ts';
 
 /** Partition of every job item and of the active-job marker: one partition, so listing is one Query. */
 export const JOBS_PARTITION = 'importExportJobs';
@@ -34,10 +29,6 @@ export function jobKey(jobId: string): { pk: string; sk: string } {
 
 function errorsKey(jobId: string, firstLine: number): { pk: string; sk: string } {
   return { pk: `importErrors#${jobId}`, sk: `line#${String(firstLine).padStart(12, '0')}` };
-}
-
-function isConditionalCheckFailed(error: unknown): boolean {
-  return error instanceof Error && error.name === 'ConditionalCheckFailedException';
 }
 
 /** Constructor options of {@link DynamoDbJobStore}. */
@@ -142,19 +133,12 @@ export class DynamoDbJobStore implements JobStore {
   /** {@inheritDoc JobStore.list} */
   async list(): Promise<ImportExportJob[]> {
     const jobs: ImportExportJob[] = [];
-    let startKey: Record<string, unknown> | undefined;
-    do {
-      const out = await this.client.send(
-        new QueryCommand({
-          TableName: this.tableName,
-          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :job)',
-          ExpressionAttributeValues: { ':pk': JOBS_PARTITION, ':job': 'job#' },
-          ...(startKey ? { ExclusiveStartKey: startKey } : {}),
-        }),
-      );
-      for (const item of out.Items ?? []) jobs.push(this.fromItem(item));
-      startKey = out.LastEvaluatedKey;
-    } while (startKey !== undefined);
+    const pages = queryPages(this.client, {
+      TableName: this.tableName,
+      KeyConditionExpression: 'pk = :pk AND begins_with(sk, :job)',
+      ExpressionAttributeValues: { ':pk': JOBS_PARTITION, ':job': 'job#' },
+    });
+    for await (const items of pages) for (const item of items) jobs.push(this.fromItem(item));
     return jobs;
   }
 
@@ -193,18 +177,14 @@ export class DynamoDbJobStore implements JobStore {
 
   /** {@inheritDoc JobStore.errors} */
   async *errors(jobId: string): AsyncIterable<readonly string[]> {
-    let startKey: Record<string, unknown> | undefined;
-    do {
-      const out = await this.client.send(
-        new QueryCommand({
-          TableName: this.tableName,
-          KeyConditionExpression: 'pk = :pk',
-          ExpressionAttributeValues: { ':pk': `importErrors#${jobId}` },
-          ConsistentRead: true,
-          ...(startKey ? { ExclusiveStartKey: startKey } : {}),
-        }),
-      );
-      for (const item of out.Items ?? []) {
+    const pages = queryPages(this.client, {
+      TableName: this.tableName,
+      KeyConditionExpression: 'pk = :pk',
+      ExpressionAttributeValues: { ':pk': `importErrors#${jobId}` },
+      ConsistentRead: true,
+    });
+    for await (const items of pages) {
+      for (const item of items) {
         const lines = item.lines;
         if (!Array.isArray(lines) || !lines.every((l) => typeof l === 'string')) {
           throw new HubError('CorruptJobRecord', `error lines of job '${jobId}' are not valid`, {
@@ -213,8 +193,7 @@ export class DynamoDbJobStore implements JobStore {
         }
         yield lines;
       }
-      startKey = out.LastEvaluatedKey;
-    } while (startKey !== undefined);
+    }
   }
 
   private fromItem(item: Record<string, unknown>): ImportExportJob {

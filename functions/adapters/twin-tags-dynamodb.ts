@@ -7,7 +7,7 @@ import {
 } from '@aws-sdk/lib-dynamodb';
 import { TagsConflictError } from '../core/twins/errors.ts';
 import type { JsonObject, StoredTags, TagsStore } from '../core/twins/twin.ts';
-import { callTable, isConditionalCheckFailed } from './dynamodb-errors.ts';
+import { callTable, isConditionalCheckFailed } from './dynamodb-calls.ts';
 
 /** Sort key of a device's twin tags item, next to its registry item (`sk = device`). */
 export const TWIN_SORT_KEY = 'twin';

@@ -1,4 +1,5 @@
 import type { ConditionalCheckFailedException } from '@aws-sdk/client-dynamodb';
+import { type DynamoDBDocumentClient, QueryCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
 import { TransientError } from '../core/errors.ts';
 
 /** DynamoDB error names worth retrying later: throttling, server faults, transaction conflicts. */
@@ -35,4 +36,26 @@ export async function callTable<T>(fn: () => Promise<T>, code: string, what: str
     }
     throw error;
   }
+}
+
+/**
+ * Every page of a Query, in order: one `Items` array per page, following `LastEvaluatedKey` until the
+ * last. `call` wraps each request (e.g. {@link callTable}); the default sends it as it is.
+ *
+ * @example
+ * for await (const items of queryPages(client, { TableName, KeyConditionExpression, ... })) { ... }
+ */
+export async function* queryPages(
+  client: DynamoDBDocumentClient,
+  input: QueryCommandInput,
+  call: <T>(fn: () => Promise<T>) => Promise<T> = (fn) => fn(),
+): AsyncIterable<Record<string, unknown>[]> {
+  let startKey: Record<string, unknown> | undefined;
+  do {
+    const out = await call(() =>
+      client.send(new QueryCommand({ ...input, ...(startKey ? { ExclusiveStartKey: startKey } : {}) })),
+    );
+    yield out.Items ?? [];
+    startKey = out.LastEvaluatedKey;
+  } while (startKey !== undefined);
 }
