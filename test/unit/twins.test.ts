@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryDeviceRegistry } from '../../functions/adapters/registry-memory.ts';
 import { MemoryShadowStore, MemoryTagsStore } from '../../functions/adapters/twin-memory.ts';
+import { TransientError } from '../../functions/core/errors.ts';
 import { TagsConflictError } from '../../functions/core/twins/errors.ts';
 import { diffPatch, mergePatch, parseTwinBody } from '../../functions/core/twins/patch.ts';
 import { type TagsChange, TwinService } from '../../functions/core/twins/service.ts';
@@ -169,6 +170,32 @@ describe('TwinService', () => {
       ['updateTwin', { b: null }, 2],
       ['replaceTwin', { c: 3 }, 3],
     ]);
+  });
+
+  it('a desired write that fails after the tags write: the tags stand, their event is out, a repeat converges', async () => {
+    const { twins, shadows, changes } = await setup();
+    const realUpdate = shadows.updateDesired.bind(shadows);
+    shadows.updateDesired = async () => {
+      throw new TransientError('ShadowUnavailable', 'the shadow service did not answer');
+    };
+    const patch = { tags: { a: 1 }, properties: { desired: { b: 2 } } };
+    await expect(twins.update('d1', patch)).rejects.toMatchObject({ code: 'ShadowUnavailable' });
+    expect((await twins.get('d1')).tags).toEqual({ a: 1 });
+    expect(changes.map((c) => c.tags)).toEqual([{ a: 1 }]);
+    shadows.updateDesired = realUpdate;
+    const twin = await twins.update('d1', patch);
+    expect(twin.tags).toEqual({ a: 1 });
+    expect(twin.properties.desired).toMatchObject({ b: 2 });
+    expect(changes).toHaveLength(1); // the repeat changed no tags
+  });
+
+  it('refuses desired properties for an id with no shadow before writing the tags', async () => {
+    const { twins, registry, tags } = await setup();
+    await registry.create({ deviceId: 'a.b' });
+    await expect(
+      twins.update('a.b', { tags: { t: 1 }, properties: { desired: { x: 1 } } }),
+    ).rejects.toMatchObject({ code: 'InvalidTwinPatch' });
+    expect(await tags.get('a.b')).toBeUndefined();
   });
 
   it('forgets the twin of a deleted device', async () => {

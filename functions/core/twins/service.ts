@@ -120,41 +120,41 @@ export class TwinService {
     let parts = await this.read(deviceId);
     const expected = isSpecificIfMatch(ifMatch) ? this.expectedVersions(parts, ifMatch) : undefined;
 
+    if (patch.desired !== undefined && !hasShadow(deviceId)) {
+      // Refused before anything is written.
+      throw new ValidationError(
+        'InvalidTwinPatch',
+        `properties.desired: device '${deviceId}' has no shadow, so no desired properties: AWS IoT thing names allow only letters, digits, ':', '_' and '-'`,
+        { field: 'properties.desired', deviceId },
+      );
+    }
+
     let tags = parts.tags;
-    let tagsChange: JsonObject | undefined;
     if (patch.tags !== undefined) {
       const written = await this.writeTags(parts, patch.tags, opType, expected !== undefined);
       tags = written.tags;
-      tagsChange = written.change;
+      // Reported as soon as it stands, so a failing desired write below cannot lose the event.
+      if (written.change !== undefined && this.deps.onTagsChanged !== undefined) {
+        const v = versionsOf({ tags, shadow: parts.shadow });
+        await this.deps.onTagsChanged({
+          deviceId,
+          opType,
+          at: new Date(tags?.updatedTime ?? Date.now()),
+          version: v.tags + v.shadow,
+          tags: written.change,
+        });
+      }
     }
 
     let shadow: ShadowDocument | undefined = parts.shadow;
     if (patch.desired !== undefined) {
       const current = parts.shadow?.state.desired ?? {};
       const desired = opType === 'replaceTwin' ? diffPatch(current, patch.desired) : patch.desired;
-      if (!hasShadow(deviceId)) {
-        throw new ValidationError(
-          'InvalidTwinPatch',
-          `properties.desired: device '${deviceId}' has no shadow, so no desired properties: AWS IoT thing names allow only letters, digits, ':', '_' and '-'`,
-          { field: 'properties.desired', deviceId },
-        );
-      }
       if (Object.keys(desired).length > 0 || expected !== undefined) {
         shadow = await this.deps.shadows.updateDesired(deviceId, desired, expected?.shadow);
       }
     }
     parts = { ...parts, tags, shadow };
-
-    if (tagsChange !== undefined && this.deps.onTagsChanged !== undefined) {
-      const v = versionsOf(parts);
-      await this.deps.onTagsChanged({
-        deviceId,
-        opType,
-        at: new Date(tags?.updatedTime ?? Date.now()),
-        version: v.tags + v.shadow,
-        tags: tagsChange,
-      });
-    }
     return toTwinJson(parts);
   }
 
