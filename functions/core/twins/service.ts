@@ -27,7 +27,7 @@ export interface TagsChange {
   readonly deviceId: string;
   readonly opType: 'updateTwin' | 'replaceTwin';
   readonly at: Date;
-  /** The twin's version after the change. */
+  /** The twin's version right after the tags write (a desired write in the same call follows it and is reported by the shadow). */
   readonly version: number;
   /** The tags patch (`updateTwin`, `null` removes) or the whole new tags (`replaceTwin`). */
   readonly tags: JsonObject;
