@@ -1,24 +1,24 @@
-import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import * as path from 'node:path';
+import type { Duplex } from 'node:stream';
 import { createServer as createTlsServer, type DetailedPeerCertificate } from 'node:tls';
 import { Aedes, type AuthenticateError, type Client, type PublishPacket, type Subscription } from 'aedes';
 import aedesPersistenceLevel from 'aedes-persistence-level';
 import { Level } from 'level';
 import { createWebSocketStream, WebSocketServer } from 'ws';
-import { publishRefusal, subscribeRefusal } from '../functions/core/identity/topics.ts';
+import {
+  type BusMessage,
+  type Identity,
+  type IotCoreBus,
+  PublishRefusedError,
+  type Subscribers,
+} from './bus.ts';
 import { listen } from './net.ts';
+import { guardProtocolLevel } from './protocol-level.ts';
 import type { ServerCertificate } from './tls.ts';
 
-/** Who a connected client is, as the authenticate step established it. */
-export interface Identity {
-  /** The device id: the only id the client may publish or subscribe under. */
-  readonly deviceId: string;
-  /** `{authType}:{deviceId}`, reported as `principal()` to the rules. */
-  readonly principal: string;
-  /** When the credential expires; the connection is closed then, as IoT Hub does. */
-  readonly expiresAt?: Date;
-}
+export type { Identity } from './bus.ts';
 
 /** A TLS client certificate's fingerprints, as the transport saw them. */
 export interface ClientCertificate {
@@ -59,19 +59,26 @@ export interface BrokerOptions {
   readonly host: string;
   readonly ports: { readonly mqtt: number; readonly mqtts: number; readonly ws: number };
   readonly certificate: ServerCertificate;
-  readonly maxMessageBytes: number;
   readonly authenticator: Authenticator;
   /**
-   * The ingest rule's name when Basic Ingest is on: devices may then publish their telemetry to
-   * `$aws/rules/{name}/devices/{id}/messages/events[/...]` too (`publishRefusal`). As in IoT Core,
-   * Basic Ingest publishes reach the rules only, never a subscriber. @default Basic Ingest refused
+   * The IoT Core bus: each device publish is authorized and its rules run (`bus.publish` with the transport
+   * delivering) before the PUBACK, so an acknowledged message is already durable. A refusal or failure
+   * disconnects the client without PUBACK, so it resends.
    */
-  readonly basicIngestRule?: string | undefined;
+  readonly bus: IotCoreBus;
+  /** Why a device may not subscribe to a filter; undefined when it may. */
+  readonly subscribePolicy: (identity: Identity, filter: string) => string | undefined;
   /**
-   * Called for each device publish after authorization and before the PUBACK: rules run here, so
-   * an acknowledged message is already durable. A rejection disconnects the client without PUBACK.
+   * The identity to publish a stale will under: the will of a device whose connection was lost with a
+   * broker that died (SIGKILL, crash) is published when this broker finds it, as IoT Core publishes a will
+   * when a connection is lost, but only while the device is still registered and enabled. undefined drops
+   * the will (logged).
    */
-  readonly ingest: (input: { topic: string; payload: Buffer; identity: Identity }) => Promise<void>;
+  readonly staleWillIdentity: (deviceId: string) => Promise<Identity | undefined>;
+  /** aedes' heartbeat; stale wills are looked for every 4 heartbeats. @default 60000 */
+  readonly heartbeatIntervalMs?: number;
+  /** Most retained messages the broker keeps (IoT Core: 500,000 per account). @default 500000 */
+  readonly maxRetainedMessages?: number;
   /** Called when a device connects or disconnects (AWS IoT's presence events). */
   readonly onPresence?: (event: PresenceEvent) => void;
   /**
@@ -134,12 +141,12 @@ function clientCertificateOf(client: Client): ClientCertificate | undefined {
   };
 }
 
-/** The running front door. */
-export interface RunningBroker {
+/** The running front door; its `deliver` is the bus's subscribers step. */
+export interface RunningBroker extends Subscribers {
   readonly broker: Aedes;
   readonly ports: { readonly mqtt: number; readonly mqtts: number; readonly ws: number };
-  /** Publishes as the hub (data plane, C2D delivery): no rules, no authorization. */
-  publish(topic: string, payload: Buffer, qos: 0 | 1): Promise<void>;
+  /** Topics that hold a retained message (the data plane's `ListRetainedMessages`). */
+  retainedTopics(): string[];
   /** Disconnects a device's live connection; false when it had none. */
   disconnect(deviceId: string): boolean;
   close(): Promise<void>;
@@ -157,9 +164,56 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
   const db = new Level<string, unknown>(path.join(options.dataDir, 'broker'), { valueEncoding: 'view' });
   // Per-device chains keep the ingest of one device's publishes in the order they arrived.
   const chains = new Map<string, Promise<void>>();
+  const inOrder = (deviceId: string, run: () => Promise<void>): Promise<void> => {
+    const next = (chains.get(deviceId) ?? Promise.resolve()).then(run);
+    const tail = next.catch(() => undefined);
+    chains.set(deviceId, tail);
+    void tail.then(() => {
+      if (chains.get(deviceId) === tail) chains.delete(deviceId);
+    });
+    return next;
+  };
+  const retained = new RetainedMessages(options.maxRetainedMessages ?? 500_000);
+  let brokerRef: Aedes | undefined;
+
+  /**
+   * A will left by a connection this broker never saw: its broker died with the connection (IoT Core
+   * publishes a will when a connection is lost without DISCONNECT, and the broker going away is such a
+   * loss). Published as the device, through the bus, while the device is registered and enabled and the
+   * topic is its own; otherwise dropped for good (deleted from the store, so it is not tried again).
+   */
+  const publishStaleWill = async (packet: PublishPacket, payload: Buffer): Promise<void> => {
+    const will = packet as PublishPacket & { clientId?: string; brokerId?: string };
+    const deviceId = will.clientId ?? '';
+    const drop = async (why: string): Promise<never> => {
+      await persistenceOf(brokerRef)?.delWill({ id: deviceId, brokerId: will.brokerId });
+      throw new Error(`stale will of '${deviceId}' on '${packet.topic}' dropped: ${why}`);
+    };
+    let identity: Identity | undefined;
+    try {
+      identity = await options.staleWillIdentity(deviceId);
+    } catch (error) {
+      // The registry is unreachable: keep the will; aedes tries again in four heartbeats.
+      throw new Error(`stale will of '${deviceId}' kept for later: ${(error as Error).message}`);
+    }
+    if (!identity) return drop('the device is not registered or not enabled');
+    const message = toMessage(packet, payload);
+    try {
+      options.bus.authorize(message, identity);
+      retained.check(message, identity);
+    } catch (error) {
+      return drop((error as Error).message);
+    }
+    await options.bus.publish(message, { kind: 'device', identity }, { transportDelivers: true });
+    retained.note(message);
+    log(
+      `published the stale will of '${deviceId}' on '${packet.topic}' (its connection was lost with the previous run)`,
+    );
+  };
 
   const broker = await Aedes.createBroker({
     persistence: aedesPersistenceLevel(db),
+    heartbeatInterval: options.heartbeatIntervalMs ?? 60_000,
     authenticate: (client, username, password, done) => {
       options.authenticator
         .authenticate({
@@ -201,30 +255,37 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
         });
     },
     authorizePublish: (client, packet: PublishPacket, done) => {
-      const identity = client ? identities.get(client) : undefined;
-      if (!client || !identity) return done(new Error('publish from an unauthenticated client'));
-      const denied = publishRefusal(identity.deviceId, packet.topic, {
-        basicIngestRule: options.basicIngestRule,
-      });
-      if (denied) {
-        log(`publish refused, disconnecting: ${denied}`);
-        return done(new Error(denied));
-      }
       const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
-      if (payload.length > options.maxMessageBytes) {
-        const reason = `device '${identity.deviceId}' sent ${payload.length} bytes on '${packet.topic}'; the limit is ${options.maxMessageBytes}`;
+      if (!client) {
+        // aedes publishes the wills of a broker that is gone (our previous run, killed) with no client.
+        publishStaleWill(packet, payload).then(
+          () => done(null),
+          (error: unknown) => done(error as Error),
+        );
+        return;
+      }
+      const identity = identities.get(client);
+      if (!identity) return done(new Error('publish from an unauthenticated client'));
+      if ((packet.qos as number) === 2) {
+        const reason = `device '${identity.deviceId}' published with QoS 2 on '${packet.topic}'; IoT Core takes QoS 0 and 1 only`;
         log(`publish refused, disconnecting: ${reason}`);
         return done(new Error(reason));
       }
-      const previous = chains.get(identity.deviceId) ?? Promise.resolve();
-      const next = previous.then(() => options.ingest({ topic: packet.topic, payload, identity }));
-      const tail = next.catch(() => undefined);
-      chains.set(identity.deviceId, tail);
-      void tail.then(() => {
-        if (chains.get(identity.deviceId) === tail) chains.delete(identity.deviceId);
-      });
-      next.then(
-        () => done(null),
+      const message = toMessage(packet, payload);
+      try {
+        options.bus.authorize(message, identity);
+        retained.check(message, identity);
+      } catch (error) {
+        log(`publish refused, disconnecting: ${(error as Error).message}`);
+        return done(error as Error);
+      }
+      inOrder(identity.deviceId, () =>
+        options.bus.publish(message, { kind: 'device', identity }, { transportDelivers: true }),
+      ).then(
+        () => {
+          retained.note(message);
+          done(null);
+        },
         (error: unknown) => {
           log(`publish not accepted, disconnecting so the device retries: ${(error as Error).message}`);
           done(error as Error);
@@ -235,15 +296,34 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     authorizeForward: (_client, packet) => (packet.topic.startsWith('$aws/rules/') ? null : packet),
     authorizeSubscribe: (client, sub: Subscription, done) => {
       const identity = client ? identities.get(client) : undefined;
-      const denied = identity ? subscribeRefusal(identity.deviceId, sub.topic) : 'unauthenticated client';
+      const denied = identity ? options.subscribePolicy(identity, sub.topic) : 'unauthenticated client';
       if (denied) {
         log(`subscribe refused: ${denied}`);
         return done(null, null);
       }
+      if ((sub.qos as number) === 2) {
+        // IoT Core sends no SUBACK for QoS 2; the connection is closed so the device is not left waiting.
+        const reason = `device '${identity?.deviceId}' subscribed to '${sub.topic}' with QoS 2; IoT Core takes QoS 0 and 1 only`;
+        log(`subscribe refused, disconnecting: ${reason}`);
+        return done(new Error(reason), null);
+      }
       done(null, sub);
     },
   });
+  brokerRef = broker;
+  await retained.load(broker);
+  // aedes reports here what no client owns (a stale will it could not publish, a persistence failure);
+  // without a listener an 'error' event would end the process.
+  (broker as unknown as NodeJS.EventEmitter).on('error', (error: Error) => log(`broker: ${error.message}`));
   broker.on('clientError', (client, error) => log(`client '${client.id}' error: ${error.message}`));
+  broker.on('connectionError', (_client, error) =>
+    log(`connection error before CONNECT completed: ${error.message}`),
+  );
+  broker.on('connackSent', (packet, client) => {
+    const code = (packet as { returnCode?: number }).returnCode ?? 0;
+    // Authentication refusals are logged where they are decided; this catches aedes' own (protocol level).
+    if (code === 1) log(`connect refused: client '${client.id}': unacceptable protocol version (CONNACK 1)`);
+  });
   const presence = (client: Client, eventType: 'connected' | 'disconnected') => {
     const identity = identities.get(client);
     if (!identity || !options.onPresence) return;
@@ -291,13 +371,20 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     if (!client || client.closed) return;
     const identity = identities.get(client);
     if (!identity) return;
-    const held = unsubscriptions.filter((topic) => !subscribeRefusal(identity.deviceId, topic));
+    const held = unsubscriptions.filter((topic) => !options.subscribePolicy(identity, topic));
     subscription(client, 'unsubscribed', held);
   });
 
   // Nagle off, as IoT Core's broker: small MQTT packets (PUBACKs, settlement answers) go out at once
   // instead of waiting ~40 ms for the peer's delayed ACK.
-  const tcp = createNetServer({ noDelay: true }, broker.handle);
+  // Every connection passes the protocol-level guard first (CONNACK 1 for a level aedes cannot parse).
+  const handle = (stream: Duplex, req?: IncomingMessage) =>
+    guardProtocolLevel(
+      stream,
+      (level) => log(`connect refused: protocol level ${level} is not MQTT 3.1.1 (CONNACK 1)`),
+      (guarded) => broker.handle(guarded as Parameters<typeof broker.handle>[0], req as never),
+    );
+  const tcp = createNetServer({ noDelay: true }, (socket) => handle(socket));
   // Client certificates are asked for but not chain-checked by TLS: X.509 devices are matched by
   // thumbprint against the registry (self-signed) or their chain checked against the registered,
   // verified CAs (CA-signed) in the authenticate step, as IoT Hub does.
@@ -309,7 +396,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
       rejectUnauthorized: false,
       noDelay: true,
     },
-    broker.handle,
+    (socket) => handle(socket),
   );
   const http = createHttpServer((_req, res) => {
     res
@@ -319,7 +406,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
   const wss = new WebSocketServer({ server: http, path: '/mqtt' });
   wss.on('connection', (socket, req) => {
     req.socket.setNoDelay(true);
-    broker.handle(createWebSocketStream(socket) as unknown as Parameters<typeof broker.handle>[0], req);
+    handle(createWebSocketStream(socket), req);
   });
   const servers = [
     await listen(tcp, options.host, options.ports.mqtt, 'mqtt'),
@@ -331,13 +418,20 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
   return {
     broker,
     ports,
-    publish: (topic, payload, qos) =>
+    deliver: (message) =>
       new Promise((resolve, reject) => {
+        const { topic, payload, qos } = message;
+        const retain = message.retain === true;
         broker.publish(
-          { cmd: 'publish', topic, payload, qos, retain: false, dup: false } as PublishPacket,
-          (error?: Error | null) => (error ? reject(error) : resolve()),
+          { cmd: 'publish', topic, payload, qos, retain, dup: false } as PublishPacket,
+          (error?: Error | null) => {
+            if (error) return reject(error);
+            retained.note(message);
+            resolve();
+          },
         );
       }),
+    retainedTopics: () => retained.list(),
     disconnect: (deviceId) => {
       const client = (broker as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId];
       if (!client) return false;
@@ -354,4 +448,59 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
       await db.close();
     },
   };
+}
+
+/** The part of aedes' persistence the broker calls directly (the types do not declare it). */
+interface Persistence {
+  delWill(client: { id: string; brokerId: string | undefined }): Promise<unknown>;
+  createRetainedStreamCombi(patterns: string[]): AsyncIterable<PublishPacket>;
+}
+
+function persistenceOf(broker: Aedes | undefined): Persistence | undefined {
+  return (broker as unknown as { persistence?: Persistence } | undefined)?.persistence;
+}
+
+/** A publish packet as the bus sees it. */
+function toMessage(packet: PublishPacket, payload: Buffer): BusMessage {
+  return { topic: packet.topic, payload, qos: packet.qos === 1 ? 1 : 0, retain: packet.retain === true };
+}
+
+/**
+ * Which topics hold a retained message, kept beside aedes' store so that the broker can bound them as IoT
+ * Core does (a number per account; the size of one is bounded by the bus) and list them (the data plane's
+ * `ListRetainedMessages`). A retained publish with an empty payload clears its topic.
+ */
+class RetainedMessages {
+  private readonly topics = new Set<string>();
+
+  constructor(private readonly limit: number) {}
+
+  /** Reads the topics aedes kept from earlier runs. */
+  async load(broker: Aedes): Promise<void> {
+    const stream = persistenceOf(broker)?.createRetainedStreamCombi(['#', '$aws/#']) ?? [];
+    for await (const packet of stream) this.topics.add(packet.topic);
+  }
+
+  /** Refuses a new retained topic past the limit (replacing or clearing one is always allowed). */
+  check(message: BusMessage, identity: Identity): void {
+    if (!message.retain || message.payload.length === 0 || this.topics.has(message.topic)) return;
+    if (this.topics.size >= this.limit) {
+      throw new PublishRefusedError(
+        'retain',
+        `device '${identity.deviceId}' sent a retained message on '${message.topic}', but the hub already keeps ${this.limit} retained messages, IoT Core's limit`,
+      );
+    }
+  }
+
+  /** Records a retained publish that went through. */
+  note(message: BusMessage): void {
+    if (!message.retain) return;
+    if (message.payload.length === 0) this.topics.delete(message.topic);
+    else this.topics.add(message.topic);
+  }
+
+  /** The topics with a retained message, sorted. */
+  list(): string[] {
+    return [...this.topics].sort();
+  }
 }

@@ -1,11 +1,14 @@
 import { createServer, type ServerResponse } from 'node:http';
+import type { BusMessage } from './bus.ts';
 import { listen, type RunningServer, readBody } from './net.ts';
 import { SHADOW_ERROR_TYPES, type ShadowRejection, type ShadowResult, type ShadowService } from './shadow.ts';
 
 /** What the data plane does with a publish. */
 export interface DataPlaneDeps {
-  /** Runs the rules on the message (as IoT Core does for HTTP publishes) and then publishes it. */
-  readonly publish: (topic: string, payload: Buffer, qos: 0 | 1) => Promise<void>;
+  /** Publishes through the IoT Core bus as the service: rules, subscribers, shadow service. */
+  readonly publish: (message: BusMessage) => Promise<void>;
+  /** Topics that hold a retained message, for `ListRetainedMessages`. */
+  readonly retainedTopics: () => readonly string[];
   /** Closes a client's connection; false when it is not connected. */
   readonly disconnect: (clientId: string) => boolean;
   readonly maxMessageBytes: number;
@@ -33,7 +36,8 @@ function replyShadow(res: ServerResponse, result: ShadowResult<object>): void {
 }
 
 /**
- * The IoT data-plane REST API as far as the hub uses it (`POST /topics/{topic}?qos=`,
+ * The IoT data-plane REST API as far as the hub uses it (`POST /topics/{topic}?qos=&retain=`,
+ * `GET /retainedMessage` (ListRetainedMessages),
  * `DELETE /connections/{clientId}`, the shadow operations when `deps.shadows` is given), so
  * `@aws-sdk/client-iot-data-plane` works against it unchanged. Errors use the data plane's
  * JSON shape (`{ message }` with the exception name in `x-amzn-errortype`).
@@ -50,6 +54,8 @@ export async function startDataPlane(
       if (req.method === 'POST' && publish?.[1]) {
         const topic = decodeURIComponent(publish[1]);
         const qos = url.searchParams.get('qos') === '1' ? 1 : 0;
+        // `retain=true` keeps the message for later subscribers; an empty retained payload clears it.
+        const retain = url.searchParams.get('retain') === 'true';
         const body = await readBody(req, deps.maxMessageBytes);
         if (body === undefined) {
           res.setHeader('x-amzn-errortype', 'RequestEntityTooLargeException');
@@ -60,7 +66,7 @@ export async function startDataPlane(
           return reply(res, 400, { message: `'${topic}' is not a topic name one can publish to` });
         }
         try {
-          await deps.publish(topic, body, qos);
+          await deps.publish({ topic, payload: body, qos, retain });
           return reply(res, 200, {});
         } catch (error) {
           deps.log(`data-plane publish to '${topic}' failed: ${(error as Error).message}`);
@@ -93,6 +99,11 @@ export async function startDataPlane(
           ...(nextToken !== null ? { nextToken } : {}),
         });
         return replyShadow(res, listed);
+      }
+      if (req.method === 'GET' && url.pathname === '/retainedMessage') {
+        // ListRetainedMessages: one page holds them all locally (the hub keeps at most its limit).
+        const retainedTopics = deps.retainedTopics().map((topic) => ({ topic }));
+        return reply(res, 200, { retainedTopics });
       }
       const connection = /^\/connections\/([^/]+)$/.exec(url.pathname);
       if (req.method === 'DELETE' && connection?.[1]) {

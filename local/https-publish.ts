@@ -6,6 +6,7 @@ import { HubError } from '../functions/core/errors.ts';
 import type { AuthAccepted, AuthDeps } from '../functions/core/identity/authenticate.ts';
 import { authenticateHttpDevice } from '../functions/core/identity/http-auth.ts';
 import { publishRefusal } from '../functions/core/identity/topics.ts';
+import { PublishRefusedError } from './bus.ts';
 import type { Mqtt5Properties } from './iot-sql.ts';
 import { listen, type RunningServer } from './net.ts';
 
@@ -21,9 +22,9 @@ import { listen, type RunningServer } from './net.ts';
  *    cloud policy decide (`publishRefusal`): 403 otherwise; a topic that is not a topic name, or a D2C
  *    topic whose property bag does not parse, is 400;
  * 3. a body over the size limit is 413;
- * 4. the publish runs through the rules engine exactly as an MQTT publish does (client id = the device
- *    id, principal `sas:{id}`), so the message is on the ingest stream before the 200; then it goes to
- *    MQTT subscribers (not for Basic Ingest topics), as IoT Core forwards HTTPS publishes.
+ * 4. the publish goes through the IoT Core bus exactly as an MQTT publish does (client id = the device
+ *    id, principal `sas:{id}`): the rules make it durable (on the ingest stream) before the 200, and it
+ *    reaches MQTT subscribers (not for Basic Ingest topics), as IoT Core forwards HTTPS publishes.
  *
  * Answers are IoT Core's: 200 `{"message":"OK","traceId":...}`, errors `{"message":...,"traceId":...}`
  * with the reason in the message. MQTT 5 properties come as the data-plane Publish API sends them:
@@ -50,12 +51,11 @@ export interface HttpsPublishDeps {
   /** The ingest rule's name when Basic Ingest is on (see `publishRefusal`). */
   readonly basicIngestRule?: string | undefined;
   /**
-   * Runs the rules on the publish; resolves once it is durable (on the ingest stream or in the
-   * dead-letter table). A rejection answers 503 and the device retries.
+   * Publishes through the IoT Core bus (`local/bus.ts`): resolves once the rules made it durable (on the
+   * ingest stream or in the dead-letter table) and subscribers have it. A {@link PublishRefusedError}
+   * answers 4xx; any other rejection 503, and the device retries.
    */
-  readonly ingest: (input: HttpsPublishInput) => Promise<void>;
-  /** Delivers the publish to MQTT subscribers after the ingest; failures are logged only. */
-  readonly forward?: (input: HttpsPublishInput) => Promise<void>;
+  readonly publish: (input: HttpsPublishInput) => Promise<void>;
   readonly log: (line: string) => void;
 }
 
@@ -68,6 +68,14 @@ class Refusal extends Error {
     super(message);
   }
 }
+
+/** The HTTP status of each kind of bus refusal. */
+const REFUSAL_STATUS: Readonly<Record<PublishRefusedError['kind'], number>> = {
+  topic: 400,
+  policy: 403,
+  size: 413,
+  retain: 400,
+};
 
 /** IoT Core's topic limits (a Basic Ingest prefix not counted). */
 const MAX_TOPIC_LEVELS = 8;
@@ -264,19 +272,16 @@ export async function startHttpsPublish(
 
     const input: HttpsPublishInput = { topic, payload, qos, identity: decision, ...(mqtt5 ? { mqtt5 } : {}) };
     try {
-      await inOrder(deviceId, () => deps.ingest(input));
+      await inOrder(deviceId, () => deps.publish(input));
     } catch (error) {
+      if (error instanceof PublishRefusedError) {
+        deps.log(`https publish refused: ${error.message}`);
+        throw new Refusal(REFUSAL_STATUS[error.kind], error.message);
+      }
       deps.log(`https publish from '${deviceId}' to '${topic}' not accepted (503): ${String(error)}`);
       throw new Refusal(503, 'the message could not be made durable; retry it');
     }
     reply(res, 200, 'OK', traceId);
-    if (deps.forward) {
-      deps.forward(input).catch((error: unknown) => {
-        deps.log(
-          `https publish from '${deviceId}' to '${topic}' not forwarded to subscribers: ${String(error)}`,
-        );
-      });
-    }
   };
 
   const server = createServer((req, res) => {

@@ -6,10 +6,15 @@ import { DynamoDbDeviceRegistry } from '../functions/adapters/registry-dynamodb.
 import { authenticateDevice, connectionRefusal } from '../functions/core/identity/authenticate.ts';
 import { CaCertificates } from '../functions/core/identity/ca-certificates.ts';
 import type { DeviceRegistry } from '../functions/core/identity/registry.ts';
-import { BASIC_INGEST_RULE_ENV } from '../functions/core/identity/topics.ts';
+import {
+  BASIC_INGEST_RULE_ENV,
+  publishRefusal,
+  subscribeRefusal,
+} from '../functions/core/identity/topics.ts';
 import { DEVICE_POLICY_ENV } from '../functions/core/identity/x509-provisioning.ts';
 import { PROJECT_ROOT } from '../lib/hub-function.ts';
 import { type Authenticator, ConnectionRefusedError, type RunningBroker, startBroker } from './broker.ts';
+import { IotCoreBus } from './bus.ts';
 import { CheckpointStore } from './checkpoints.ts';
 import { startDataPlane } from './data-plane.ts';
 import {
@@ -40,6 +45,9 @@ import {
   substituteQueueUrls,
 } from './template.ts';
 import { serverCertificate } from './tls.ts';
+
+/** Where the AWS stand-ins listen: they check no credentials, so never beyond this machine. */
+const LOOPBACK = '127.0.0.1';
 
 /** Ports of the local hub; 0 picks a free one. */
 export interface LocalHubPorts {
@@ -94,6 +102,11 @@ export interface LocalHubOptions {
   readonly awsServicesUrl?: string;
   /** @default console.log with a timestamp */
   readonly log?: (line: string) => void;
+  /**
+   * The broker's heartbeat (aedes publishes the wills of a dead broker's connections every four). Tests
+   * shorten it to see a stale will published without waiting minutes. @default 60000
+   */
+  readonly brokerHeartbeatMs?: number;
 }
 
 /** Where everything listens, as written to `dataDir/endpoints.json`. */
@@ -169,10 +182,12 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     for (const c of closers.reverse()) await c().catch((e: unknown) => log(`shutdown: ${String(e)}`));
   };
 
+  let broker: RunningBroker | undefined;
   try {
-    const dynamo = await startDynamo(dataDir, host, ports.dynamodb);
+    // The AWS stand-ins hold every device key and check no credentials: loopback only, whatever `host` says.
+    const dynamo = await startDynamo(dataDir, LOOPBACK, ports.dynamodb);
     closers.push(() => dynamo.close());
-    const kinesisServer = await startKinesis(dataDir, host, ports.kinesis);
+    const kinesisServer = await startKinesis(dataDir, LOOPBACK, ports.kinesis);
     closers.push(() => kinesisServer.close());
     const dynamoClient = localDynamoClient(dynamo.url);
     const kinesis = localKinesisClient(kinesisServer.url);
@@ -184,7 +199,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     await ensureStreams(kinesis, template.streams);
 
     const services = await startEndpointServices({
-      host,
+      host: LOOPBACK,
       port: ports.awsServices,
       ...(options.awsServicesUrl ? { externalUrl: options.awsServicesUrl } : {}),
       queues: template.queues,
@@ -193,7 +208,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     });
     closers.push(() => services.close());
     const eventBridge = await startEventBridge({
-      host,
+      host: LOOPBACK,
       port: ports.eventBridge,
       dataDir,
       region: LOCAL_REGION,
@@ -204,35 +219,38 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     for (const bus of template.eventBuses) eventBridge.createEventBus(bus.name);
     const model = withQueueUrls(template, services.queueUrls);
 
-    // The data plane must be listening before functions can be given its URL.
-    let brokerRef: RunningBroker | undefined;
-    let rulesRef: RulesEngine | undefined;
+    // The IoT Core bus: every publish, whichever door it comes in by, is authorized, runs the rules,
+    // reaches the broker's subscribers and the shadow service, in that order (local/bus.ts). The
+    // rules, the shadow service and the broker attach to it below, as each exists.
+    const basicIngestRule = model.functions.find((f) => f.entry === 'functions/authorizer.ts')?.environment[
+      BASIC_INGEST_RULE_ENV
+    ];
+    const bus = new IotCoreBus({
+      maxMessageBytes: options.maxMessageBytes,
+      policy: (identity, topic) => publishRefusal(identity.deviceId, topic, { basicIngestRule }),
+      log,
+    });
+    const asHub = { kind: 'service', principal: 'iot' } as const;
     // The Device Shadow service (data plane and `$aws/things/{thing}/shadow/...` requests): what it
-    // publishes reaches subscribers and the rules, as IoT Core's shadow messages do.
+    // publishes goes through the bus as the hub's own messages, as IoT Core's shadow messages do.
     const shadows = new ShadowService({
       dataDir,
       log,
-      publish: async (topic, payload) => {
-        await brokerRef?.publish(topic, payload, 1);
-        await rulesRef?.ingest({ topic, payload, clientId: '', principal: 'iot' });
-      },
+      publish: (topic, payload) => bus.publish({ topic, payload, qos: 1 }, asHub),
     });
-    const dataPlane = await startDataPlane(host, ports.dataPlane, {
+    const dataPlane = await startDataPlane(LOOPBACK, ports.dataPlane, {
       shadows,
       maxMessageBytes: options.maxMessageBytes,
       log,
-      disconnect: (clientId) => brokerRef?.disconnect(clientId) ?? false,
-      publish: async (topic, payload, qos) => {
-        await rulesRef?.ingest({ topic, payload, clientId: '', principal: 'dataplane' });
-        await brokerRef?.publish(topic, payload, qos);
-        await shadows.handleMqtt(topic, payload);
-      },
+      disconnect: (clientId) => broker?.disconnect(clientId) ?? false,
+      publish: (message) => bus.publish(message, { kind: 'service', principal: 'dataplane' }),
+      retainedTopics: () => broker?.retainedTopics() ?? [],
     });
     closers.push(() => dataPlane.close());
     // IoT Core's control plane (things, certificates, policies) for X.509 provisioning, on a free port:
     // only the functions call it (AWS_ENDPOINT_URL_IOT); endpoints.json has its URL.
     const iotControlPlane = await startIotControlPlane({
-      host,
+      host: LOOPBACK,
       port: 0,
       dataDir,
       region: LOCAL_REGION,
@@ -281,12 +299,10 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
         };
         attempt(0);
       },
-      republish: async (topic, payload, qos) => {
-        await brokerRef?.publish(topic, payload, qos === 1 ? 1 : 0);
-        await shadows.handleMqtt(topic, payload);
-      },
+      republish: (topic, payload, qos) =>
+        bus.publish({ topic, payload, qos: qos === 1 ? 1 : 0 }, asHub, { skipRules: true }),
     });
-    rulesRef = rules;
+    bus.attach({ rules, shadows });
 
     const registryTable = model.outputs.RegistryTableName;
     if (!registryTable) throw new Error('the template has no RegistryTableName output');
@@ -330,57 +346,57 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     };
 
     const certificate = await serverCertificate(dataDir);
-    // Basic Ingest is on when the template gives the authorizer the ingest rule's name, as in the cloud.
-    const basicIngestRule = model.functions.find((f) => f.entry === 'functions/authorizer.ts')?.environment[
-      BASIC_INGEST_RULE_ENV
-    ];
-    const broker = await startBroker({
+    // Lifecycle events are the hub's own messages on `$aws/events/...`: they go through the bus.
+    const lifecycle = (topic: string, event: object, what: string) => {
+      bus
+        .publish({ topic, payload: Buffer.from(JSON.stringify(event)), qos: 1 }, asHub)
+        .catch((error: unknown) => log(`${what} lost: ${String(error)}`));
+    };
+    broker = await startBroker({
       dataDir,
       host,
       ports,
       certificate,
-      maxMessageBytes: options.maxMessageBytes,
       authenticator,
-      basicIngestRule,
+      bus,
+      subscribePolicy: (identity, filter) => subscribeRefusal(identity.deviceId, filter),
+      staleWillIdentity: async (deviceId) => {
+        const device = await registry.find(deviceId);
+        if (!device || device.status !== 'enabled') return undefined;
+        return { deviceId, principal: `${device.authentication.type}:${deviceId}` };
+      },
+      ...(options.brokerHeartbeatMs ? { heartbeatIntervalMs: options.brokerHeartbeatMs } : {}),
       log,
-      onPresence: (event) => {
-        const topic = `$aws/events/presence/${event.eventType}/${event.clientId}`;
-        rules
-          .ingest({ topic, payload: Buffer.from(JSON.stringify(event)), clientId: '', principal: 'iot' })
-          .catch((error: unknown) => log(`presence event for '${event.clientId}' lost: ${String(error)}`));
-      },
-      onSubscription: (event) => {
-        const topic = `$aws/events/subscriptions/${event.eventType}/${event.clientId}`;
-        rules
-          .ingest({ topic, payload: Buffer.from(JSON.stringify(event)), clientId: '', principal: 'iot' })
-          .catch((error: unknown) =>
-            log(`${event.eventType} event for '${event.clientId}' lost: ${String(error)}`),
-          );
-      },
-      ingest: async ({ topic, payload, identity }) => {
-        await rules.ingest({ topic, payload, clientId: identity.deviceId, principal: identity.principal });
-        await shadows.handleMqtt(topic, payload);
-      },
+      onPresence: (event) =>
+        lifecycle(
+          `$aws/events/presence/${event.eventType}/${event.clientId}`,
+          event,
+          `presence event for '${event.clientId}'`,
+        ),
+      onSubscription: (event) =>
+        lifecycle(
+          `$aws/events/subscriptions/${event.eventType}/${event.clientId}`,
+          event,
+          `${event.eventType} event for '${event.clientId}'`,
+        ),
     });
-    brokerRef = broker;
-    closers.push(() => broker.close());
+    bus.attach({ subscribers: broker });
+    const runningBroker = broker;
+    closers.push(() => runningBroker.close());
     // Runs before the broker closes: shadow messages still queued go out first.
     closers.push(() => shadows.idle());
 
-    // D2C over HTTP: the same authentication, topic policy and rules as an MQTT publish.
+    // D2C over HTTP: the same authentication as an MQTT connect, then the same bus.
     const httpPublish = await startHttpsPublish(host, ports.httpPublish, {
       auth: { registry, hostName: options.hostName, now: () => new Date() },
       maxMessageBytes: options.maxMessageBytes,
       basicIngestRule,
       log,
-      ingest: ({ topic, payload, identity, mqtt5 }) =>
-        rules
-          .ingest({ topic, payload, clientId: identity.deviceId, principal: identity.principal, mqtt5 })
-          .then(() => undefined),
-      forward: async ({ topic, payload, qos }) => {
-        if (!topic.startsWith('$aws/rules/')) await broker.publish(topic, payload, qos);
-        await shadows.handleMqtt(topic, payload);
-      },
+      publish: ({ topic, payload, qos, identity, mqtt5 }) =>
+        bus.publish(
+          { topic, payload, qos, ...(mqtt5 ? { mqtt5 } : {}) },
+          { kind: 'device', identity: { deviceId: identity.deviceId, principal: identity.principal } },
+        ),
     });
     closers.push(() => httpPublish.close());
 
@@ -443,7 +459,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     // Last, so the first run finds the whole hub up.
     const schedules = startSchedules(model.schedules, (fn, event) => runner.invoke(fn, event), log);
     closers.push(async () => schedules.stop());
-    return { endpoints, model, broker, close };
+    return { endpoints, model, broker: runningBroker, close };
   } catch (error) {
     await close();
     throw error;

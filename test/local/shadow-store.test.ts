@@ -25,6 +25,7 @@ describe('IotShadowStore against the shadow service', () => {
       maxMessageBytes: 128 * 1024,
       log: () => undefined,
       disconnect: () => false,
+      retainedTopics: () => [],
       publish: async () => undefined,
     });
     store = new IotShadowStore(localIoTDataPlaneClient(server.url));

@@ -662,6 +662,7 @@ describe('the data plane with @aws-sdk/client-iot-data-plane', () => {
     server = await startDataPlane('127.0.0.1', 0, {
       publish: async () => {},
       disconnect: () => false,
+      retainedTopics: () => [],
       maxMessageBytes: 128 * 1024,
       log: () => {},
       shadows: service,
