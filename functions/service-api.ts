@@ -135,6 +135,15 @@ export function makeHandler(deps: ServiceApiDeps) {
         });
       }
     }
+    if (reason === 'deleted' && deps.connections.forgetRetained) {
+      // Retained messages on its topics would reach a later device registered under the same id.
+      await deps.connections.forgetRetained(deviceId).catch((error: unknown) => {
+        deps.log.error('could not clear the retained messages of a deleted device', {
+          deviceId,
+          ...describeError(error),
+        });
+      });
+    }
     if (reason === 'deleted' && deps.twins !== undefined) {
       // A shadow left behind would be inherited by a later device with the same id: logged loudly.
       await deps.twins.forget(deviceId).catch((error: unknown) => {

@@ -60,6 +60,31 @@ export class Identity extends Construct {
         reason: 'Invoked synchronously through its Function URL; errors go to the caller',
       },
     );
+    // Deleting a device clears the retained messages on its topics: IoT Core lists retained messages only
+    // account-wide (ListRetainedMessages has no resource-level permission), and an empty retained publish
+    // on the device's own topics deletes each one.
+    this.serviceApi.function.addToRolePolicy(
+      new iam.PolicyStatement({ actions: ['iot:ListRetainedMessages'], resources: ['*'] }),
+    );
+    this.serviceApi.grantPublish('devices/*');
+    this.serviceApi.function.addToRolePolicy(
+      new iam.PolicyStatement({
+        actions: ['iot:RetainPublish'],
+        resources: [Arn.format({ service: 'iot', resource: 'topic', resourceName: 'devices/*' }, stack)],
+      }),
+    );
+    Validations.of(this.serviceApi).acknowledge(
+      {
+        id: 'AwsSolutions-IAM5[Resource::*]',
+        reason:
+          'iot:ListRetainedMessages supports no resource-level permission (and X-Ray tracing adds PutTraceSegments on *)',
+      },
+      {
+        id: 'AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:iot:<AWS::Region>:<AWS::AccountId>:topic/devices/*]',
+        reason:
+          'A deleted device of any id has its retained messages cleared: publish on topic/devices/{deviceId}/...',
+      },
+    );
     // Twins: desired properties are written to, and deleted devices' shadows removed from, the classic
     // shadow of thing {deviceId}; any device of this hub, so thing/* (shadow actions take thing ARNs).
     const anyThing = Arn.format({ service: 'iot', resource: 'thing', resourceName: '*' }, stack);

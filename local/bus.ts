@@ -137,6 +137,12 @@ export class IotCoreBus {
       );
     }
     const retainedLimit = this.options.maxRetainedBytes ?? 131_072;
+    if (message.retain && !topic.startsWith(`devices/${identity.deviceId}/`)) {
+      throw new PublishRefusedError(
+        'retain',
+        `device '${identity.deviceId}' sent a retained message on '${topic}'; its policy grants iot:RetainPublish on devices/${identity.deviceId}/* only`,
+      );
+    }
     if (message.retain && bytes > retainedLimit) {
       throw new PublishRefusedError(
         'retain',

@@ -362,7 +362,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       subscribePolicy: (identity, filter) => subscribeRefusal(identity.deviceId, filter),
       staleWillIdentity: async (deviceId) => {
         const device = await registry.find(deviceId);
-        if (!device || device.status !== 'enabled') return undefined;
+        if (device?.status !== 'enabled') return undefined;
         return { deviceId, principal: `${device.authentication.type}:${deviceId}` };
       },
       ...(options.brokerHeartbeatMs ? { heartbeatIntervalMs: options.brokerHeartbeatMs } : {}),

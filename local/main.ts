@@ -15,7 +15,10 @@ const HELP = `Usage: npm start -- [options]
 Starts the local hub: MQTT front door, DynamoDB and Kinesis emulators, rules, functions.
 
   --data-dir DIR        where state is kept (default .hub-data, env HUB_DATA_DIR)
-  --host HOST           address to listen on (default 127.0.0.1)
+  --host HOST           address the device and service endpoints listen on (default 127.0.0.1):
+                        MQTT, MQTT over TLS and WebSocket, D2C over HTTP, the service API. The AWS
+                        stand-ins (DynamoDB, Kinesis, IoT data plane, SQS/SNS/S3, EventBridge) hold every
+                        device key and check no credentials: they listen on 127.0.0.1 whatever --host says
   --mqtt-port N         MQTT over TCP (default ${DEFAULT_PORTS.mqtt}; 0 = any free port)
   --mqtts-port N        MQTT over TLS (default ${DEFAULT_PORTS.mqtts})
   --ws-port N           MQTT over WebSocket, path /mqtt (default ${DEFAULT_PORTS.ws})
@@ -102,6 +105,10 @@ const hub = await startLocalHub({
   },
   hostName: config.hostName,
   ...(awsServicesUrl ? { awsServicesUrl } : {}),
+  // How often the broker looks for wills a killed hub left (every 4 heartbeats); tests shorten it.
+  ...(process.env.HUB_BROKER_HEARTBEAT_MS
+    ? { brokerHeartbeatMs: Number(process.env.HUB_BROKER_HEARTBEAT_MS) }
+    : {}),
 });
 const e = hub.endpoints;
 const mqttPort = new URL(e.mqtt).port;

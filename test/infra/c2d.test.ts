@@ -326,9 +326,12 @@ describe('C2D least privilege', () => {
     expect(touched).toContain(ids.ledger);
   });
 
-  it('grants iot:Publish only on the devicebound topics (delivery, service API) and settle responses (settlement)', () => {
+  it('grants iot:Publish only on the devicebound topics (delivery, service API), settle responses (settlement) and devices/* for retained clean-up (service API)', () => {
     expect(publishResources(ids.deliveryRole)).toEqual([topicArn(DEVICEBOUND_TOPIC_PATTERN)]);
-    expect(publishResources(ids.serviceApiRole)).toEqual([topicArn(DEVICEBOUND_TOPIC_PATTERN)]);
+    // The service API also clears a deleted device's retained messages (identity.ts): devices/*.
+    expect(publishResources(ids.serviceApiRole).sort()).toEqual(
+      [topicArn(DEVICEBOUND_TOPIC_PATTERN), topicArn('devices/*')].sort(),
+    );
     expect(publishResources(ids.settlementRole).sort()).toEqual(
       [topicArn(DEVICEBOUND_TOPIC_PATTERN), topicArn(SETTLE_RESPONSE_TOPIC_PATTERN)].sort(),
     );

@@ -20,6 +20,7 @@ const NO_RESOURCE_TYPE_ACTIONS = [
   'iot:RegisterCertificateWithoutCA',
   'iot:RegisterCACertificate',
   'iot:ListCertificatesByCA',
+  'iot:ListRetainedMessages',
 ];
 
 let stack: HubStack;

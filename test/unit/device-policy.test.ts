@@ -59,7 +59,9 @@ describe('devicePolicyDocument', () => {
     for (const statement of json.Statement) {
       for (const action of statement.Action) {
         expect(action).not.toContain('*');
-        expect(['iot:Connect', 'iot:Publish', 'iot:Subscribe', 'iot:Receive']).toContain(action);
+        expect(['iot:Connect', 'iot:Publish', 'iot:RetainPublish', 'iot:Subscribe', 'iot:Receive']).toContain(
+          action,
+        );
       }
       for (const resource of statement.Resource) {
         expect(resource).toContain('dev-1');
@@ -71,7 +73,11 @@ describe('devicePolicyDocument', () => {
   it('grants exactly the documented resources', () => {
     expect(doc.Statement).toEqual([
       { Effect: 'Allow', Action: ['iot:Connect'], Resource: [`${ARN}:client/dev-1`] },
-      { Effect: 'Allow', Action: ['iot:Publish'], Resource: [`${ARN}:topic/devices/dev-1/*`] },
+      {
+        Effect: 'Allow',
+        Action: ['iot:Publish', 'iot:RetainPublish'],
+        Resource: [`${ARN}:topic/devices/dev-1/*`],
+      },
       {
         Effect: 'Allow',
         Action: ['iot:Subscribe'],

@@ -27,10 +27,14 @@ const { makeHandler } = await import('../../functions/service-api.ts');
 
 class FakeConnections implements DeviceConnections {
   readonly disconnected: string[] = [];
+  readonly retainedCleared: string[] = [];
   failWith: Error | undefined;
   async disconnect(deviceId: string): Promise<void> {
     this.disconnected.push(deviceId);
     if (this.failWith) throw this.failWith;
+  }
+  async forgetRetained(deviceId: string): Promise<void> {
+    this.retainedCleared.push(deviceId);
   }
 }
 
@@ -367,6 +371,15 @@ describe('DELETE /devices/{id}', () => {
   it('fails with 404 for an unknown device', async () => {
     expectError(await call('DELETE', '/devices/ghost'), 404, 'DeviceNotFound');
     expect(connections.disconnected).toEqual([]);
+    expect(connections.retainedCleared).toEqual([]);
+  });
+
+  it("clears the deleted device's retained messages (not a disabled one's)", async () => {
+    await put('dev-1', { deviceId: 'dev-1' });
+    await put('dev-2', { deviceId: 'dev-2' });
+    await put('dev-2', { deviceId: 'dev-2', status: 'disabled' }, { 'if-match': '*' });
+    expect((await call('DELETE', '/devices/dev-1')).status).toBe(204);
+    expect(connections.retainedCleared).toEqual(['dev-1']);
   });
 });
 

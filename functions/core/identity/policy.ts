@@ -108,7 +108,7 @@ function checkTarget(input: DevicePolicyInput): void {
  * | action | resources (under `arn:{partition}:iot:{region}:{account}:`) |
  * | --- | --- |
  * | `iot:Connect` | `client/{id}` |
- * | `iot:Publish` | `topic/devices/{id}/*`, and its shadow requests `topic/$aws/things/{id}/shadow/{get,update,delete}` and `topic/$aws/things/{id}/shadow/name/{any one name}/{get,update,delete}` (`shadowRequestTopics`) |
+ * | `iot:Publish` | `topic/devices/{id}/*` (with `iot:RetainPublish`), and its shadow requests `topic/$aws/things/{id}/shadow/{get,update,delete}` and `topic/$aws/things/{id}/shadow/name/{any one name}/{get,update,delete}` (`shadowRequestTopics`) |
  * | `iot:Subscribe` | `topicfilter/devices/{id}/*`, `topicfilter/$aws/things/{id}/shadow/*` |
  * | `iot:Receive` | `topic/devices/{id}/*`, `topic/$aws/things/{id}/shadow/*` |
  * | `iot:Publish` (Basic Ingest on; a statement of its own) | `topic/$aws/rules/{rule}/devices/{id}/messages/events`, and the same followed by a slash and any suffix |
@@ -145,7 +145,13 @@ export function devicePolicyDocument(input: DevicePolicyInput): IotPolicyDocumen
     Version: '2012-10-17',
     Statement: [
       { Effect: 'Allow', Action: ['iot:Connect'], Resource: [`${arn}:client/${id}`] },
-      { Effect: 'Allow', Action: ['iot:Publish'], Resource: [`${arn}:topic/devices/${id}/*`] },
+      // Retained messages on its own topics too (IoT Core needs iot:RetainPublish for a retained publish; it
+      // keeps them up to 128 KB, and the registry clears them when the device is deleted).
+      {
+        Effect: 'Allow',
+        Action: ['iot:Publish', 'iot:RetainPublish'],
+        Resource: [`${arn}:topic/devices/${id}/*`],
+      },
       {
         Effect: 'Allow',
         Action: ['iot:Subscribe'],

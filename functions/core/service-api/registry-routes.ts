@@ -24,6 +24,11 @@ import { type ApiRequest, jsonResponse, parseJsonBody, type RouteEntry } from '.
 export interface DeviceConnections {
   /** Disconnects the device's live connection; succeeds when it is not connected. */
   disconnect(deviceId: string): Promise<void>;
+  /**
+   * Clears the retained messages on the device's own topics (`devices/{id}/...`, its shadow topics), so that
+   * a later device registered under the same id does not receive what the deleted one left.
+   */
+  forgetRetained?(deviceId: string): Promise<void>;
 }
 
 /** What {@link registryRoutes} needs. */
