@@ -36,12 +36,14 @@ export function makeHandler(deps: ConnectionStateDeps) {
     const { clientId, timestamp, eventType } = parsed.data;
     const at = new Date(timestamp);
     try {
+      // One write: a connect is also activity, and a reader must never see the device connected with
+      // the last activity time it had before (for a new device, 0001-01-01).
       await deps.registry.setConnectionState(
         clientId,
         eventType === 'connected' ? 'Connected' : 'Disconnected',
         at,
+        { touchActivity: eventType === 'connected' },
       );
-      if (eventType === 'connected') await deps.registry.touchActivity(clientId, at);
     } catch (error) {
       // A device deleted while connected still disconnects; there is nothing left to update.
       if (error instanceof DeviceNotFoundError) return;

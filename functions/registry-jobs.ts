@@ -7,11 +7,14 @@ import { powertoolsLog } from './adapters/log.ts';
 import { DynamoDbDeviceRegistry } from './adapters/registry-dynamodb.ts';
 import { DynamoDbJobStore } from './adapters/registry-jobs-dynamodb.ts';
 import { S3BlobStore } from './adapters/s3-blob-store.ts';
+import { IotShadowStore } from './adapters/shadow-iot.ts';
+import { DynamoDbTagsStore } from './adapters/twin-tags-dynamodb.ts';
 import { x509FromEnv } from './adapters/x509-wiring.ts';
 import { IngestLifecycleEvents } from './core/d2c/lifecycle-events.ts';
 import { requireEnv } from './core/env.ts';
 import { idlePollFromEnv, REGISTRY_JOBS_ENV } from './core/identity/jobs/config.ts';
 import { JobWorker, type WorkerDeps, type WorkerReport } from './core/identity/jobs/worker.ts';
+import { TwinService } from './core/twins/service.ts';
 
 const ScheduledEventSchema = z.object({ 'detail-type': z.literal('Scheduled Event') });
 
@@ -60,6 +63,13 @@ function defaultDeps(env: NodeJS.ProcessEnv): WorkerDeps {
       log,
     }),
     connections: new IotConnections(iotDataClient()),
+    // A deleted device's twin goes with it (tags and shadow), as through DELETE /devices/{id}.
+    twins: new TwinService({
+      registry,
+      tags: new DynamoDbTagsStore({ client: documents, tableName: registryTable }),
+      shadows: new IotShadowStore(iotDataClient()),
+      log,
+    }),
     pollIntervalMs: idlePollFromEnv(env),
     log,
   };

@@ -8,7 +8,10 @@ const BuiltInEndpointSchema = z
   .object({
     /** Days the built-in endpoint keeps records, 1–365. IoT Hub's default is 1. */
     retentionDays: z.number().int().min(1).max(365).default(1),
-    /** `on-demand` (pay per use, scales itself) or `provisioned` with `shardCount`. */
+    /**
+     * `on-demand` (scales itself; billed per stream hour, even when idle, plus per GB written and read)
+     * or `provisioned` with `shardCount` (billed per shard hour plus per million PUT units).
+     */
     mode: z.enum(['on-demand', 'provisioned']).default('on-demand'),
     /** Shards when `mode` is `provisioned`, 1–500. */
     shardCount: z.number().int().min(1).max(500).optional(),

@@ -45,7 +45,8 @@ export const JOB_OBJECT_ACTIONS = ['s3:GetObject', 's3:PutObject', 's3:AbortMult
  * - the worker function, started every minute by a schedule, which runs jobs in chunks with its state in
  *   the jobs table (`functions/registry-jobs.ts`). It may read and write the registry and the jobs table,
  *   read, write and abort uploads of objects in the job buckets (nothing else in S3), put lifecycle events
- *   on the ingest stream and disconnect devices an import deleted or disabled;
+ *   on the ingest stream, disconnect devices an import deleted or disabled, and delete the shadows of
+ *   devices an import deleted (nothing else on shadows);
  * - for the service API: read/write on the jobs table and `REGISTRY_JOBS_BUCKETS`, the buckets it accepts
  *   in container URIs.
  */
@@ -124,6 +125,12 @@ export class RegistryJobs extends Construct {
     this.worker.function.addToRolePolicy(
       new iam.PolicyStatement({ actions: ['iot:DeleteConnection'], resources: [anyClient] }),
     );
+    // A device the import deletes loses its shadow (thing {deviceId}), as through DELETE /devices/{id}:
+    // delete only, no read or write of shadows (shadow actions take thing ARNs).
+    const anyThing = Arn.format({ service: 'iot', resource: 'thing', resourceName: '*' }, stack);
+    this.worker.function.addToRolePolicy(
+      new iam.PolicyStatement({ actions: ['iot:DeleteThingShadow'], resources: [anyThing] }),
+    );
     const bucketLogicalId = stack.getLogicalId(this.bucket.node.defaultChild as s3.CfnBucket);
     Validations.of(this.worker).acknowledge(
       {
@@ -139,6 +146,12 @@ export class RegistryJobs extends Construct {
       {
         id: 'AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:iot:<AWS::Region>:<AWS::AccountId>:client/*]',
         reason: 'An import may delete or disable any device of this hub and then cuts its connection',
+      },
+      {
+        id: 'AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:iot:<AWS::Region>:<AWS::AccountId>:thing/*]',
+        reason:
+          'An import may delete any device of this hub and then deletes its shadow (thing/{deviceId}), so a ' +
+          'later device with the same id does not inherit it',
       },
       {
         id: 'Serverless-LambdaDLQ',

@@ -26,6 +26,7 @@ import {
   buildNewDevice,
   type Clock,
   type ConditionalOptions,
+  type ConnectionStateOptions,
   checkListLimit,
   type DevicePage,
   type DeviceRegistry,
@@ -290,15 +291,41 @@ export class DynamoDbDeviceRegistry implements DeviceRegistry {
     return runBulk(this, operations);
   }
 
-  /** {@inheritDoc DeviceRegistry.setConnectionState} */
-  async setConnectionState(deviceId: string, state: ConnectionState, at: Date): Promise<Device> {
-    return this.monotonicUpdate(
+  /**
+   * {@inheritDoc DeviceRegistry.setConnectionState}
+   *
+   * With `touchActivity`, the usual case (the event is newer than both the stored state and the stored
+   * activity) is one conditional UpdateItem that sets all three attributes. DynamoDB has no `max()`, so
+   * when one of the two is already newer that write is refused and each is applied on its own, activity
+   * first: a reader between those two writes sees the old state, or a `lastActivityTime` that is already
+   * at least `at` — never a connect without its activity.
+   */
+  async setConnectionState(
+    deviceId: string,
+    state: ConnectionState,
+    at: Date,
+    options: ConnectionStateOptions = {},
+  ): Promise<Device> {
+    const values = { ':state': state, ':at': at.toISOString() };
+    if (options.touchActivity !== true) {
+      return this.monotonicUpdate(
+        deviceId,
+        'SET #connectionState = :state, #connectionStateUpdatedTime = :at',
+        '#connectionStateUpdatedTime <= :at',
+        names('#pk', '#connectionState', '#connectionStateUpdatedTime'),
+        values,
+      );
+    }
+    const both = await this.conditionalUpdate(
       deviceId,
-      'SET #connectionState = :state, #connectionStateUpdatedTime = :at',
-      '#connectionStateUpdatedTime <= :at',
-      names('#pk', '#connectionState', '#connectionStateUpdatedTime'),
-      { ':state': state, ':at': at.toISOString() },
+      'SET #connectionState = :state, #connectionStateUpdatedTime = :at, #lastActivityTime = :at',
+      '#connectionStateUpdatedTime <= :at AND #lastActivityTime < :at',
+      names('#pk', '#connectionState', '#connectionStateUpdatedTime', '#lastActivityTime'),
+      values,
     );
+    if (both !== undefined) return both;
+    await this.touchActivity(deviceId, at);
+    return this.setConnectionState(deviceId, state, at);
   }
 
   /** {@inheritDoc DeviceRegistry.touchActivity} */
@@ -324,6 +351,22 @@ export class DynamoDbDeviceRegistry implements DeviceRegistry {
     attributeNames: Record<string, string>,
     values: Record<string, unknown>,
   ): Promise<Device> {
+    return (
+      (await this.conditionalUpdate(deviceId, update, newer, attributeNames, values)) ?? this.get(deviceId)
+    );
+  }
+
+  /**
+   * One UpdateItem on an existing device, applied only when `newer` holds: the device as written, or
+   * `undefined` when the condition failed (the device is missing, or the update would not move forward).
+   */
+  private async conditionalUpdate(
+    deviceId: string,
+    update: string,
+    newer: string,
+    attributeNames: Record<string, string>,
+    values: Record<string, unknown>,
+  ): Promise<Device | undefined> {
     try {
       const out = await this.call(() =>
         this.client.send(
@@ -341,7 +384,7 @@ export class DynamoDbDeviceRegistry implements DeviceRegistry {
       return this.fromItem(out.Attributes ?? {});
     } catch (error) {
       if (!isConditionalCheckFailed(error)) throw error;
-      return this.get(deviceId);
+      return undefined;
     }
   }
 

@@ -10,6 +10,7 @@ import {
   buildNewDevice,
   type Clock,
   type ConditionalOptions,
+  type ConnectionStateOptions,
   checkListLimit,
   type DevicePage,
   type DeviceRegistry,
@@ -103,12 +104,23 @@ export class MemoryDeviceRegistry implements DeviceRegistry {
   }
 
   /** {@inheritDoc DeviceRegistry.setConnectionState} */
-  async setConnectionState(deviceId: string, state: ConnectionState, at: Date): Promise<Device> {
+  async setConnectionState(
+    deviceId: string,
+    state: ConnectionState,
+    at: Date,
+    options: ConnectionStateOptions = {},
+  ): Promise<Device> {
     const existing = this.devices.get(deviceId);
     if (existing === undefined) throw new DeviceNotFoundError(deviceId);
     const time = at.toISOString();
-    if (existing.connectionStateUpdatedTime > time) return structuredClone(existing);
-    const next: Device = { ...existing, connectionState: state, connectionStateUpdatedTime: time };
+    const stateMoves = existing.connectionStateUpdatedTime <= time;
+    const activityMoves = options.touchActivity === true && existing.lastActivityTime < time;
+    if (!stateMoves && !activityMoves) return structuredClone(existing);
+    const next: Device = {
+      ...existing,
+      ...(stateMoves ? { connectionState: state, connectionStateUpdatedTime: time } : {}),
+      ...(activityMoves ? { lastActivityTime: time } : {}),
+    };
     this.devices.set(deviceId, next);
     return structuredClone(next);
   }

@@ -179,6 +179,33 @@ describe('worker', () => {
   });
 });
 
+describe('worker IoT access', () => {
+  it('may delete any thing shadow (no other shadow action: it never reads or writes one) and cut any client connection', () => {
+    const iot = statementsOf(ids.workerRole).filter((s) => s.actions.some((a) => a.startsWith('iot:')));
+    const byAction = Object.fromEntries(
+      iot.flatMap((s) => s.actions.filter((a) => a.startsWith('iot:')).map((a) => [a, s.resources])),
+    );
+    const iotArn = (resource: string) => ({
+      'Fn::Join': [
+        '',
+        [
+          'arn:',
+          { Ref: 'AWS::Partition' },
+          ':iot:',
+          { Ref: 'AWS::Region' },
+          ':',
+          { Ref: 'AWS::AccountId' },
+          `:${resource}`,
+        ],
+      ],
+    });
+    expect(byAction['iot:DeleteThingShadow']).toEqual([iotArn('thing/*')]);
+    expect(byAction['iot:DeleteConnection']).toEqual([iotArn('client/*')]);
+    const shadowActions = iot.flatMap((s) => s.actions).filter((a) => /Shadow/.test(a));
+    expect(shadowActions).toEqual(['iot:DeleteThingShadow']);
+  });
+});
+
 describe('service API', () => {
   it('records jobs in the jobs table and is told the buckets it may accept', () => {
     const env = environment(ids.serviceApi);

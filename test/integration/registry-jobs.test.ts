@@ -1,11 +1,12 @@
 import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { startFauxqs } from 'fauxqs';
+import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ImportErrorLine } from '../../functions/core/identity/jobs/import.ts';
 import type { JobPropertiesJson } from '../../functions/core/identity/jobs/job.ts';
 import { localS3Client } from '../../local/emulators.ts';
 import type { LocalHubEndpoints } from '../../local/hub.ts';
-import { service } from '../support/devices.ts';
+import { sasCredentials, service } from '../support/devices.ts';
 import { type HubProcess, startHubProcess, tempDataDir } from '../support/hub-process.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -124,6 +125,46 @@ function devicesFile(prefix: string) {
   return { text: `${lines.join('\n')}\n`, ids: ids.sort(), errors };
 }
 
+/** The reported properties of a device's twin, without `$version` and `$metadata`. */
+async function reportedOf(endpoints: LocalHubEndpoints, deviceId: string): Promise<Record<string, unknown>> {
+  const twin = await service(endpoints, 'GET', `/twins/${deviceId}`);
+  expect(twin.status).toBe(200);
+  const reported = (twin.body as { properties: { reported: Record<string, unknown> } }).properties.reported;
+  return Object.fromEntries(Object.entries(reported).filter(([name]) => !name.startsWith('$')));
+}
+
+/** Connects the device over MQTT and reports `reported` to its shadow; resolves on `update/accepted`. */
+async function reportOverMqtt(
+  endpoints: LocalHubEndpoints,
+  deviceId: string,
+  reported: Record<string, unknown>,
+): Promise<void> {
+  const device = (await service(endpoints, 'GET', `/devices/${deviceId}`)).body as {
+    authentication: { symmetricKey: { primaryKey: string } };
+  };
+  const creds = sasCredentials(endpoints, deviceId, device.authentication.symmetricKey.primaryKey);
+  const client = await mqtt.connectAsync(endpoints.mqtt, { ...creds, reconnectPeriod: 0 });
+  try {
+    const accepted = `$aws/things/${deviceId}/shadow/update/accepted`;
+    const got = new Promise<void>((resolve) =>
+      client.on('message', (topic) => {
+        if (topic === accepted) resolve();
+      }),
+    );
+    await client.subscribeAsync(accepted, { qos: 1 });
+    await client.publishAsync(
+      `$aws/things/${deviceId}/shadow/update`,
+      JSON.stringify({ state: { reported } }),
+      {
+        qos: 1,
+      },
+    );
+    await got;
+  } finally {
+    await client.endAsync(true);
+  }
+}
+
 async function registerPre(endpoints: LocalHubEndpoints, prefix: string): Promise<void> {
   for (const suffix of ['keep', 'delete', 'disable']) {
     const id = `${prefix}-${suffix}`;
@@ -155,6 +196,9 @@ describe('registry import/export jobs on the local hub', () => {
   it('imports 2,000 lines of devices.txt with their import modes and names the bad lines in importErrors.log', async () => {
     const e = hub.endpoints;
     await registerPre(e, 'imp');
+    // The device the import deletes has a twin with a reported property.
+    await reportOverMqtt(e, 'imp-delete', { firmware: '2.1' });
+    expect(await reportedOf(e, 'imp-delete')).toEqual({ firmware: '2.1' });
     const file = devicesFile('imp');
     await upload(s3, bucket, 'batch-1/devices.txt', file.text);
     const created = await service(e, 'POST', '/jobs/create?api-version=2021-04-12', {
@@ -191,6 +235,12 @@ describe('registry import/export jobs on the local hub', () => {
 
     const list = await service(e, 'GET', '/jobs');
     expect((list.body as JobPropertiesJson[]).map((j) => j.jobId)).toContain(id);
+
+    // The import deleted the device's shadow with it: a device registered again under that id starts
+    // with no reported properties, as after DELETE /devices/{id}.
+    const again = await service(e, 'PUT', '/devices/imp-delete', { deviceId: 'imp-delete' });
+    expect(again.status).toBe(201);
+    expect(await reportedOf(e, 'imp-delete')).toEqual({});
   });
 
   it('exports every device to devices.txt, with keys and without', async () => {

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { MemoryDeviceRegistry } from '../../functions/adapters/registry-memory.ts';
 import { TransientError } from '../../functions/core/errors.ts';
@@ -154,6 +154,22 @@ describe('authenticateDevice with SAS tokens', () => {
     const boundary = await auth({ clientId: 'dev-1', password: token({ expiresAt: NOW }) });
     expectRefused(boundary, 'expired', 4);
   });
+
+  it.each(['999999999999999', '9000000000000'])(
+    'a correctly signed token with se=%s (no representable date) must be refused as malformed (4), naming se',
+    async (se) => {
+      const sr = encodeURIComponent(deviceResourceUri(HOST, 'dev-1'));
+      const sig = createHmac('sha256', Buffer.from(PRIMARY, 'base64'))
+        .update(`${sr}\n${se}`)
+        .digest('base64');
+      const password = `SharedAccessSignature sr=${sr}&sig=${encodeURIComponent(sig)}&se=${se}`;
+      secrets.push(sig, encodeURIComponent(sig));
+      const decision = await auth({ clientId: 'dev-1', username: USERNAME, password });
+      expect(expectRefused(decision, 'malformed', 4)).toMatch(
+        new RegExp(`se \\(expiry\\) ${se} is out of range`),
+      );
+    },
+  );
 
   it('a forged token that is also expired must be refused as forged, not expired', async () => {
     const decision = await auth({

@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { MemoryDeviceRegistry } from '../../functions/adapters/registry-memory.ts';
 import { authenticateHttpDevice, sasTokenDeviceId } from '../../functions/core/identity/http-auth.ts';
@@ -12,6 +13,13 @@ let registry: MemoryDeviceRegistry;
 const deps = () => ({ registry, hostName: HOST, now: () => NOW });
 const token = (uri: string, key = KEY) =>
   createSasToken({ resourceUri: uri, key, expiresAt: new Date(NOW.getTime() + 3600_000) });
+
+/** A correctly signed token for d1 with any `se` (createSasToken refuses out-of-range ones). */
+function signedWithExpiry(se: string): string {
+  const sr = encodeURIComponent(deviceResourceUri(HOST, 'd1'));
+  const sig = createHmac('sha256', Buffer.from(KEY, 'base64')).update(`${sr}\n${se}`).digest('base64');
+  return `SharedAccessSignature sr=${sr}&sig=${encodeURIComponent(sig)}&se=${se}`;
+}
 
 beforeEach(async () => {
   registry = new MemoryDeviceRegistry({ clock: () => NOW });
@@ -64,6 +72,18 @@ describe('authenticateHttpDevice', () => {
       /signature/,
     ],
     ['an unknown device', () => token(deviceResourceUri(HOST, 'ghost')), 'unknown-device', /'ghost'/],
+    [
+      'se=999999999999999',
+      () => signedWithExpiry('999999999999999'),
+      'malformed',
+      /se \(expiry\) 999999999999999 is out of range/,
+    ],
+    [
+      'se=9000000000000',
+      () => signedWithExpiry('9000000000000'),
+      'malformed',
+      /se \(expiry\) 9000000000000 is out of range/,
+    ],
     [
       'another host',
       () => token(deviceResourceUri('elsewhere.example.com', 'd1')),

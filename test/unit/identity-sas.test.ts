@@ -7,6 +7,7 @@ import {
   deviceResourceUri,
   parseSasToken,
   resourceUriMatches,
+  SAS_EXPIRY_MAX_SECONDS,
   verifySasToken,
 } from '../../functions/core/identity/sas.ts';
 
@@ -14,6 +15,13 @@ const key = Buffer.alloc(32, 7).toString('base64');
 const otherKey = Buffer.alloc(32, 9).toString('base64');
 const uri = deviceResourceUri('myhub.example.com', 'dev-1');
 const expiry = 2_000_000_000;
+
+/** A correctly signed token with any `se`, as a client that does not use createSasToken would send it. */
+function signedWithExpiry(se: string, signingKey = key): string {
+  const sr = encodeURIComponent(uri);
+  const sig = createHmac('sha256', Buffer.from(signingKey, 'base64')).update(`${sr}\n${se}`).digest('base64');
+  return `SharedAccessSignature sr=${sr}&sig=${encodeURIComponent(sig)}&se=${se}`;
+}
 
 describe('createSasToken', () => {
   it('produces IoT Hub format signed over the encoded uri and expiry with the decoded key', () => {
@@ -54,6 +62,15 @@ describe('createSasToken', () => {
       /expiresAt/,
     );
   });
+
+  it('refuses an expiry past 9999-12-31T23:59:59Z, which a verifier would refuse', () => {
+    for (const expiresAt of [SAS_EXPIRY_MAX_SECONDS + 1, 9_000_000_000_000, 999_999_999_999_999]) {
+      expect(() => createSasToken({ resourceUri: uri, key, expiresAt })).toThrow(/at most 9999-12-31/);
+    }
+    expect(createSasToken({ resourceUri: uri, key, expiresAt: SAS_EXPIRY_MAX_SECONDS })).toMatch(
+      /&se=253402300799$/,
+    );
+  });
 });
 
 describe('parseSasToken', () => {
@@ -78,6 +95,13 @@ describe('parseSasToken', () => {
     ['SharedAccessSignature sr=h&sig=abc&se=1&junk', /'junk' is not a name=value field/],
     ['SharedAccessSignature sr=%E0%A4%A&sig=abc&se=1', /sr is not valid URL encoding/],
     ['SharedAccessSignature sr=h&sig=a%20b&se=1', /sig is not base64/],
+    [
+      'SharedAccessSignature sr=h&sig=abc&se=999999999999999',
+      /se \(expiry\) 999999999999999 is out of range/,
+    ],
+    ['SharedAccessSignature sr=h&sig=abc&se=9000000000000', /se \(expiry\) 9000000000000 is out of range/],
+    ['SharedAccessSignature sr=h&sig=abc&se=253402300800', /se \(expiry\) 253402300800 is out of range/],
+    ['SharedAccessSignature sr=h&sig=abc&se=1000000000000000', /se \(expiry\) is not a whole number/],
   ])('rejects %j', (token, message) => {
     expect(() => parseSasToken(token)).toThrow(ValidationError);
     expect(() => parseSasToken(token)).toThrow(message);
@@ -173,6 +197,24 @@ describe('verifySasToken', () => {
     });
     expect(result).toMatchObject({ ok: false, reason: 'malformed' });
     expect(result.ok ? '' : result.message).toMatch(/sig \(signature\) is missing/);
+  });
+
+  it.each(['999999999999999', '9000000000000'])(
+    'refuses a correctly signed token with se=%s as malformed, naming se',
+    (se) => {
+      const result = verifySasToken(signedWithExpiry(se), { expectedResourceUri: uri, keys: [key], now });
+      expect(result).toMatchObject({ ok: false, reason: 'malformed' });
+      expect(result.ok ? '' : result.message).toMatch(new RegExp(`se \\(expiry\\) ${se} is out of range`));
+    },
+  );
+
+  it('accepts a correctly signed token with the last representable se', () => {
+    const result = verifySasToken(signedWithExpiry(String(SAS_EXPIRY_MAX_SECONDS)), {
+      expectedResourceUri: uri,
+      keys: [key],
+      now,
+    });
+    expect(result).toMatchObject({ ok: true, token: { expiresAt: SAS_EXPIRY_MAX_SECONDS } });
   });
 
   it('reports a forged token as bad-signature even when it is also expired', () => {

@@ -468,10 +468,72 @@ describe.each(implementations)('DeviceRegistry contract: $name', ({ make }) => {
       expect(newer.lastActivityTime).toBe('2030-01-01T00:02:00.000Z');
     });
 
+    it('with touchActivity, moves state and lastActivityTime together, without changing the etag', async () => {
+      const created = await registry.create({ deviceId: 'ta' });
+      const connected = await registry.setConnectionState(
+        'ta',
+        'Connected',
+        new Date('2030-01-01T00:00:05Z'),
+        {
+          touchActivity: true,
+        },
+      );
+      expect(connected).toMatchObject({
+        connectionState: 'Connected',
+        connectionStateUpdatedTime: '2030-01-01T00:00:05.000Z',
+        lastActivityTime: '2030-01-01T00:00:05.000Z',
+        etag: created.etag,
+      });
+      expect(await registry.get('ta')).toEqual(connected);
+      const plain = await registry.setConnectionState('ta', 'Disconnected', new Date('2030-01-01T00:00:09Z'));
+      expect(plain).toMatchObject({
+        connectionState: 'Disconnected',
+        lastActivityTime: '2030-01-01T00:00:05.000Z',
+      });
+    });
+
+    it('with touchActivity, never moves either time back', async () => {
+      await registry.create({ deviceId: 'ta' });
+      await registry.touchActivity('ta', new Date('2030-01-01T00:01:00Z'));
+      // State moves, activity is already newer and stays.
+      const connected = await registry.setConnectionState(
+        'ta',
+        'Connected',
+        new Date('2030-01-01T00:00:30Z'),
+        {
+          touchActivity: true,
+        },
+      );
+      expect(connected).toMatchObject({
+        connectionState: 'Connected',
+        connectionStateUpdatedTime: '2030-01-01T00:00:30.000Z',
+        lastActivityTime: '2030-01-01T00:01:00.000Z',
+      });
+      await registry.setConnectionState('ta', 'Disconnected', new Date('2030-01-01T00:02:00Z'));
+      // A stale connect leaves the state alone but still records its activity.
+      const stale = await registry.setConnectionState('ta', 'Connected', new Date('2030-01-01T00:01:30Z'), {
+        touchActivity: true,
+      });
+      expect(stale).toMatchObject({
+        connectionState: 'Disconnected',
+        connectionStateUpdatedTime: '2030-01-01T00:02:00.000Z',
+        lastActivityTime: '2030-01-01T00:01:30.000Z',
+      });
+      // Older than both: nothing changes.
+      const older = await registry.setConnectionState('ta', 'Connected', new Date('2030-01-01T00:00:10Z'), {
+        touchActivity: true,
+      });
+      expect(older).toEqual(stale);
+      expect(await registry.get('ta')).toEqual(stale);
+    });
+
     it('fails for an unknown device', async () => {
       await expect(registry.setConnectionState('ghost', 'Connected', new Date())).rejects.toBeInstanceOf(
         DeviceNotFoundError,
       );
+      await expect(
+        registry.setConnectionState('ghost', 'Connected', new Date(), { touchActivity: true }),
+      ).rejects.toBeInstanceOf(DeviceNotFoundError);
       await expect(registry.touchActivity('ghost', new Date())).rejects.toBeInstanceOf(DeviceNotFoundError);
     });
   });

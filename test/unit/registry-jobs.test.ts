@@ -5,6 +5,7 @@ import { DynamoDbDeviceRegistry } from '../../functions/adapters/registry-dynamo
 import { DynamoDbJobStore } from '../../functions/adapters/registry-jobs-dynamodb.ts';
 import { MemoryDeviceRegistry } from '../../functions/adapters/registry-memory.ts';
 import { S3BlobStore } from '../../functions/adapters/s3-blob-store.ts';
+import { MemoryShadowStore, MemoryTagsStore } from '../../functions/adapters/twin-memory.ts';
 import type { LifecycleChange } from '../../functions/core/d2c/lifecycle-events.ts';
 import { JobQuotaExceededError } from '../../functions/core/identity/jobs/errors.ts';
 import { MIN_PART_BYTES } from '../../functions/core/identity/jobs/export.ts';
@@ -17,6 +18,7 @@ import { JobWorker, type WorkerDeps } from '../../functions/core/identity/jobs/w
 import type { DeviceRegistry } from '../../functions/core/identity/registry.ts';
 import { dispatch, RouteTable } from '../../functions/core/service-api/http.ts';
 import { registryJobsRoutes } from '../../functions/core/service-api/registry-jobs-routes.ts';
+import { TwinService } from '../../functions/core/twins/service.ts';
 import { localS3Client } from '../../local/emulators.ts';
 import { startTestDynamo, type TestDynamo } from '../support/emulators.ts';
 import { MemoryLog } from './fakes.ts';
@@ -535,6 +537,80 @@ describe('import job', () => {
     expect((await getJob(store, job.jobId)).status).toBe('completed');
     expect(await download('out/importErrors.log')).toBe('');
     expect(await ids(registry)).toEqual(['only']);
+  });
+
+  describe('twins of deleted devices', () => {
+    let tags: MemoryTagsStore;
+    let shadows: MemoryShadowStore;
+    let twins: TwinService;
+    beforeEach(async () => {
+      tags = new MemoryTagsStore();
+      shadows = new MemoryShadowStore();
+      twins = new TwinService({ registry, tags, shadows });
+      for (const deviceId of ['twin-gone', 'twin-kept']) {
+        await registry.create({ deviceId });
+        await shadows.update(deviceId, { reported: { firmware: '1.0' }, desired: { interval: 5 } });
+        await twins.update(deviceId, { tags: { site: 'north' } });
+      }
+    });
+
+    async function importFile(name: string, lines: readonly object[]): Promise<string> {
+      await upload(`in/${name}`, `${lines.map((l) => JSON.stringify(l)).join('\n')}\n`);
+      const job = await createJob(
+        { store },
+        {
+          type: 'import',
+          inputBlobContainerUri: CONTAINER,
+          inputBlobName: name,
+          outputBlobContainerUri: OUTPUT,
+          excludeKeysInExport: false,
+        },
+      );
+      return job.jobId;
+    }
+
+    it('forgets the twin (shadow and tags) of a device it deletes, as DELETE /devices/{id} does', async () => {
+      const jobId = await importFile('twins.txt', [
+        { id: 'twin-gone', importMode: 'delete' },
+        { id: 'twin-kept', importMode: 'createOrUpdate' },
+      ]);
+      const report = await runWorker({ registry, store, blobs, twins });
+      expect(report.finished).toEqual([jobId]);
+      expect((await getJob(store, jobId)).import).toMatchObject({ deleted: 1, updated: 1, failed: 0 });
+      expect(shadows.shadows.has('twin-gone')).toBe(false);
+      expect(tags.items.has('twin-gone')).toBe(false);
+      // Only the deleted device's twin goes.
+      expect(shadows.shadows.get('twin-kept')?.state.reported).toEqual({ firmware: '1.0' });
+      // A later device with the same id starts with an empty twin.
+      await registry.create({ deviceId: 'twin-gone' });
+      const twin = await twins.get('twin-gone');
+      expect(twin.tags).toEqual({});
+      expect(Object.keys(twin.properties.reported).filter((k) => !k.startsWith('$'))).toEqual([]);
+      expect(Object.keys(twin.properties.desired).filter((k) => !k.startsWith('$'))).toEqual([]);
+    });
+
+    it('logs a shadow that could not be deleted and still completes the job', async () => {
+      const log = new MemoryLog();
+      const failing = new TwinService({
+        registry,
+        tags,
+        shadows: Object.assign(Object.create(shadows) as MemoryShadowStore, {
+          delete: async () => {
+            throw new Error('shadow service unavailable');
+          },
+        }),
+      });
+      const jobId = await importFile('twins-fail.txt', [{ id: 'twin-gone', importMode: 'delete' }]);
+      await runWorker({ registry, store, blobs, twins: failing, log });
+      expect((await getJob(store, jobId)).status).toBe('completed');
+      expect(await registry.find('twin-gone')).toBeUndefined();
+      expect(log.at('error')).toContainEqual(
+        expect.objectContaining({
+          message: 'could not delete the twin of a device the import deleted',
+          context: { deviceId: 'twin-gone', error: 'shadow service unavailable' },
+        }),
+      );
+    });
   });
 
   it.each([

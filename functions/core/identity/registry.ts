@@ -32,6 +32,15 @@ export interface ConditionalOptions {
   readonly ifMatch?: string;
 }
 
+/** Options of {@link DeviceRegistry.setConnectionState}. */
+export interface ConnectionStateOptions {
+  /**
+   * Also move `lastActivityTime` forward to `at`, atomically with the state (a connect is activity).
+   * @default false
+   */
+  readonly touchActivity?: boolean;
+}
+
 /** Options of {@link DeviceRegistry.list}. */
 export interface ListOptions {
   /** Page size, 1–1000; default 100. */
@@ -117,9 +126,17 @@ export interface DeviceRegistry {
   /**
    * Records a lifecycle event. An event older than the one already applied (`at` before
    * `connectionStateUpdatedTime`) is ignored, so out-of-order delivery cannot leave a connected device
-   * marked disconnected. Does not change the etag. Throws `DeviceNotFoundError`.
+   * marked disconnected. With `touchActivity`, `lastActivityTime` also moves forward to `at` (never back,
+   * also when the event itself is stale), in the same write as the state whenever both move: a reader
+   * never sees a device `Connected` with the `lastActivityTime` it had before (for a new device,
+   * `0001-01-01`). Does not change the etag. Throws `DeviceNotFoundError`.
    */
-  setConnectionState(deviceId: string, state: ConnectionState, at: Date): Promise<Device>;
+  setConnectionState(
+    deviceId: string,
+    state: ConnectionState,
+    at: Date,
+    options?: ConnectionStateOptions,
+  ): Promise<Device>;
   /** Moves `lastActivityTime` forward to `at` (never back). Does not change the etag. Throws `DeviceNotFoundError`. */
   touchActivity(deviceId: string, at: Date): Promise<Device>;
 }

@@ -21,6 +21,14 @@ export interface ParsedSasToken {
   readonly stringToSign: string;
 }
 
+/**
+ * The latest expiry a SAS token may name: 9999-12-31T23:59:59Z, in seconds since the epoch. IoT Hub reads
+ * `se` into a .NET DateTime, whose range ends there; a later `se` is not a date at all (past about
+ * 8.64e12 s, `new Date(se * 1000)` is an Invalid Date, and a timer set from it fires at once), so it is
+ * refused as malformed rather than accepted as "never expires".
+ */
+export const SAS_EXPIRY_MAX_SECONDS = 253_402_300_799;
+
 /** Why {@link verifySasToken} refused a token. */
 export type SasFailureReason = 'malformed' | 'wrong-resource' | 'bad-signature' | 'expired';
 
@@ -35,7 +43,7 @@ export interface CreateSasTokenOptions {
   readonly resourceUri: string;
   /** Signing key, base64 (a device's primary/secondary key or a policy key). */
   readonly key: string;
-  /** Expiry: a Date, or a whole number of seconds since the Unix epoch. */
+  /** Expiry: a Date, or a whole number of seconds since the Unix epoch, at most {@link SAS_EXPIRY_MAX_SECONDS}. */
   readonly expiresAt: Date | number;
   /** Shared access policy name (`skn`); omit for a device token. */
   readonly policyName?: string;
@@ -97,10 +105,10 @@ export function createSasToken(options: CreateSasTokenOptions): string {
     });
   }
   const expiry = expiresAt instanceof Date ? Math.floor(expiresAt.getTime() / 1000) : expiresAt;
-  if (!Number.isSafeInteger(expiry) || expiry <= 0) {
+  if (!Number.isSafeInteger(expiry) || expiry <= 0 || expiry > SAS_EXPIRY_MAX_SECONDS) {
     throw new ValidationError(
       'InvalidSasExpiry',
-      'expiresAt: expected a valid Date or a positive whole number of epoch seconds',
+      'expiresAt: expected a valid Date or a positive whole number of epoch seconds, at most 9999-12-31T23:59:59Z',
       { field: 'expiresAt', expiresAt: String(expiresAt) },
     );
   }
@@ -134,7 +142,8 @@ const FIELDS = new Set(['sr', 'sig', 'se', 'skn']);
 /**
  * Splits a SAS token into its fields, in any order. Throws a {@link ValidationError}
  * (`MalformedSasToken`) naming what is wrong: a missing prefix, a missing/empty/duplicate/unknown
- * field, bad URL encoding, a non-base64 signature or a non-numeric expiry.
+ * field, bad URL encoding, a non-base64 signature, a non-numeric expiry, or an expiry past
+ * {@link SAS_EXPIRY_MAX_SECONDS} (which no Date can hold, or no hub would honour).
  */
 export function parseSasToken(token: string): ParsedSasToken {
   if (typeof token !== 'string' || !token.startsWith(SAS_TOKEN_PREFIX)) {
@@ -164,11 +173,18 @@ export function parseSasToken(token: string): ParsedSasToken {
   if (!/^[A-Za-z0-9+/]+={0,2}$/.test(signature)) throw malformed('sig is not base64', { field: 'sig' });
   if (!/^\d{1,15}$/.test(se))
     throw malformed('se (expiry) is not a whole number of epoch seconds', { field: 'se' });
+  const expiresAt = Number(se);
+  if (!Number.isSafeInteger(expiresAt) || expiresAt > SAS_EXPIRY_MAX_SECONDS) {
+    throw malformed(
+      `se (expiry) ${se} is out of range: at most ${SAS_EXPIRY_MAX_SECONDS} (9999-12-31T23:59:59Z)`,
+      { field: 'se' },
+    );
+  }
   const parsed: ParsedSasToken = {
     resourceUri,
     encodedResourceUri: sr,
     signature,
-    expiresAt: Number(se),
+    expiresAt,
     stringToSign: `${sr}\n${se}`,
   };
   return skn === undefined ? parsed : { ...parsed, policyName: decodeField('skn', skn) };

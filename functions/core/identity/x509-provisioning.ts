@@ -8,6 +8,7 @@ import { normalizeThumbprint } from './keys.ts';
 import {
   type BulkResult,
   type ConditionalOptions,
+  type ConnectionStateOptions,
   type DevicePage,
   type DeviceRegistry,
   etagMatches,
@@ -480,8 +481,13 @@ export class ProvisionedDeviceRegistry implements DeviceRegistry {
   }
 
   /** {@inheritDoc DeviceRegistry.setConnectionState} */
-  setConnectionState(deviceId: string, state: ConnectionState, at: Date): Promise<Device> {
-    return this.inner.setConnectionState(deviceId, state, at);
+  setConnectionState(
+    deviceId: string,
+    state: ConnectionState,
+    at: Date,
+    options?: ConnectionStateOptions,
+  ): Promise<Device> {
+    return this.inner.setConnectionState(deviceId, state, at, options);
   }
 
   /** {@inheritDoc DeviceRegistry.touchActivity} */

@@ -1,6 +1,7 @@
 import type { LifecycleChange, LifecycleEvents } from '../../d2c/lifecycle-events.ts';
 import type { Log } from '../../ports.ts';
 import type { DeviceConnections } from '../../service-api/registry-routes.ts';
+import type { TwinService } from '../../twins/service.ts';
 import { type BulkOperation, bulkItemSchema, type ImportMode, validationErrorFromZod } from '../device.ts';
 import {
   BULK_MAX_OPERATIONS,
@@ -36,6 +37,11 @@ export interface ImportEffects {
   readonly lifecycleEvents?: LifecycleEvents;
   /** Cuts the connection of a device the import deleted or disabled. @default none */
   readonly connections?: DeviceConnections;
+  /**
+   * Forgets the twin (tags and shadow) of a device the import deleted, as `DELETE /devices/{id}` does, so a
+   * later device with the same id does not inherit its reported properties. @default none
+   */
+  readonly twins?: Pick<TwinService, 'forget'>;
 }
 
 /** What an import needs. */
@@ -367,7 +373,10 @@ export class ImportRun {
     return applied;
   }
 
-  /** Lifecycle events and disconnects, as `POST /devices` sends them; failures are logged, never thrown. */
+  /**
+   * Lifecycle events, twin deletes and disconnects, as `POST /devices` and `DELETE /devices/{id}` make
+   * them; failures are logged, never thrown (the registry writes stand).
+   */
   private async report(
     ops: readonly BulkOperation[],
     results: readonly BulkItemResult[],
@@ -385,6 +394,26 @@ export class ImportRun {
       ];
     });
     if (changes.length > 0) await this.deps.lifecycleEvents?.emit(changes);
+    const twins = this.deps.twins;
+    if (twins !== undefined) {
+      // A replayed delete forgets again: deleting a shadow that is gone already is a success.
+      const deleted = applied.flatMap((result, index) =>
+        result.ok && result.outcome === 'deleted' ? [ops[index]!.device.deviceId] : [],
+      );
+      for (let i = 0; i < deleted.length; i += 10) {
+        await Promise.all(
+          deleted.slice(i, i + 10).map((id) =>
+            twins.forget(id).catch((error: unknown) =>
+              // A shadow left behind would be inherited by a later device with the same id: logged loudly.
+              this.deps.log.error('could not delete the twin of a device the import deleted', {
+                deviceId: id,
+                error: error instanceof Error ? error.message : String(error),
+              }),
+            ),
+          ),
+        );
+      }
+    }
     const connections = this.deps.connections;
     if (connections === undefined) return;
     const cuts = applied.flatMap((result, index) => {
