@@ -71,8 +71,9 @@ const isOwn = (deviceId: string, topic: string) =>
   deviceTopicPrefixes(deviceId).some((prefix) => topic.startsWith(prefix));
 
 /**
- * Why a device may not publish to `topic`, or undefined when it may: its own topics, and, when
- * Basic Ingest is on, its own telemetry topic behind the ingest rule's Basic Ingest prefix.
+ * Why a device may not publish to `topic`, or undefined when it may: its own topics (of its shadow only
+ * the requests, and only when its id is a thing name), and, when Basic Ingest is on, its own telemetry
+ * topic behind the ingest rule's Basic Ingest prefix.
  */
 export function publishRefusal(
   deviceId: string,
@@ -81,6 +82,10 @@ export function publishRefusal(
 ): string | undefined {
   const shadow = `$aws/things/${deviceId}/shadow/`;
   if (topic.startsWith(shadow)) {
+    // As the cloud's policy (`devicePolicyDocument`): an id that is no thing name has no shadow to ask.
+    if (!isThingName(deviceId)) {
+      return `device '${deviceId}' has no shadow (its id is not a thing name), so it may not publish to '${topic}'`;
+    }
     if (SHADOW_REQUEST.test(topic.slice(shadow.length))) return undefined;
     return `device '${deviceId}' may publish to its shadow only requests (get, update, delete), not '${topic}'`;
   }
