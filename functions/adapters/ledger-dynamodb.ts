@@ -13,7 +13,7 @@
  * - Items: see `functions/core/c2d/keys.ts` (messages and pointers in `dev#{deviceId}`, feedback in
  *   `feedback#{shard}`).
  */
-import type { CreateTableCommandInput } from '@aws-sdk/client-dynamodb';
+import type { AttributeValue, CreateTableCommandInput } from '@aws-sdk/client-dynamodb';
 import {
   DeleteCommand,
   type DynamoDBDocumentClient,
@@ -23,6 +23,7 @@ import {
   type QueryCommandInput,
   UpdateCommand,
 } from '@aws-sdk/lib-dynamodb';
+import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { LedgerEngine, type LedgerEngineOptions } from '../core/c2d/engine.ts';
 import { FEEDBACK_STATUS_CODES, type FeedbackRecord } from '../core/c2d/feedback.ts';
 import {
@@ -40,6 +41,13 @@ import { TransientError } from '../core/errors.ts';
 
 /** Name of the due index. */
 export const LEDGER_DUE_INDEX = 'gsi1';
+
+/**
+ * The table's TTL attribute (epoch seconds): set on final messages (`finalAt + retention`) and on
+ * message-id pointers. DynamoDB deletes expired items for free; the local hub's `local/ttl.ts` does
+ * the same on dynalite, which has no TTL.
+ */
+export const LEDGER_TTL_ATTRIBUTE = 'retainUntil';
 
 /**
  * The table and index the ledger needs, as a `CreateTableCommand` input (local hub, tests). The
@@ -192,6 +200,8 @@ export class DynamoDbLedgerStore implements LedgerStore {
       checkAt: next.checkAt,
       finalAt: next.finalAt,
       pendingFeedback: next.pendingFeedback,
+      wake: next.wake,
+      retainUntil: next.retainUntil,
       gsi1pk: due?.pk,
       gsi1sk: due?.sk,
     };
@@ -224,6 +234,54 @@ export class DynamoDbLedgerStore implements LedgerStore {
     );
   }
 
+  async settleLocked(input: {
+    deviceId: string;
+    queueKey: string;
+    lockToken: string;
+    state: 'Completed' | 'Rejected';
+    now: number;
+    retainUntil: number;
+    quietAcks: readonly AckMode[];
+  }): Promise<{ ok: true; before: C2dMessage } | { ok: false; current: C2dMessage | undefined }> {
+    const acks = Object.fromEntries(input.quietAcks.map((ack, i) => [`:ack${i}`, ack]));
+    try {
+      const out = await this.#client.send(
+        new UpdateCommand({
+          TableName: this.#table,
+          Key: { pk: devicePk(input.deviceId), sk: messageSk(input.queueKey) },
+          UpdateExpression:
+            'SET #state = :to, finalAt = :now, retainUntil = :retain, #version = #version + :one ' +
+            'REMOVE lockToken, lockedUntil, checkAt, pendingFeedback, wake, gsi1pk, gsi1sk',
+          ConditionExpression:
+            `#state = :invisible AND lockToken = :lt AND lockedUntil > :now AND ` +
+            `#ack IN (${Object.keys(acks).join(', ')})`,
+          ExpressionAttributeNames: { '#state': 'state', '#version': 'version', '#ack': 'ack' },
+          ExpressionAttributeValues: {
+            ':to': input.state,
+            ':now': input.now,
+            ':retain': input.retainUntil,
+            ':one': 1,
+            ':invisible': 'Invisible',
+            ':lt': input.lockToken,
+            ...acks,
+          },
+          ReturnValues: 'ALL_OLD',
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        }),
+      );
+      if (out.Attributes === undefined) throw new TypeError('settlement returned no old item');
+      return { ok: true, before: toMessage(out.Attributes) };
+    } catch (error) {
+      if (errorName(error) !== 'ConditionalCheckFailedException') {
+        throw mapError('UpdateItem', this.#table, error);
+      }
+      // DynamoDB returns the item that failed the condition; dynalite does not, so read it there.
+      const old = (error as { Item?: Record<string, AttributeValue> }).Item;
+      if (old !== undefined) return { ok: false, current: toMessage(unmarshall(old)) };
+      return { ok: false, current: await this.getMessage(input.deviceId, input.queueKey) };
+    }
+  }
+
   async deleteMessage(deviceId: string, queueKey: string, expectedVersion: number): Promise<boolean> {
     return this.#conditional('DeleteItem', () =>
       this.#client.send(
@@ -252,12 +310,17 @@ export class DynamoDbLedgerStore implements LedgerStore {
     return typeof queueKey === 'string' ? queueKey : undefined;
   }
 
-  async insertPointer(deviceId: string, messageId: string, queueKey: string): Promise<boolean> {
+  async insertPointer(
+    deviceId: string,
+    messageId: string,
+    queueKey: string,
+    retainUntil: number,
+  ): Promise<boolean> {
     return this.#conditional('PutItem', () =>
       this.#client.send(
         new PutCommand({
           TableName: this.#table,
-          Item: { pk: devicePk(deviceId), sk: pointerSk(messageId), queueKey },
+          Item: { pk: devicePk(deviceId), sk: pointerSk(messageId), queueKey, retainUntil },
           ConditionExpression: 'attribute_not_exists(pk)',
         }),
       ),
@@ -269,15 +332,20 @@ export class DynamoDbLedgerStore implements LedgerStore {
     messageId: string,
     expectedQueueKey: string,
     queueKey: string,
+    retainUntil: number,
   ): Promise<boolean> {
     return this.#conditional('UpdateItem', () =>
       this.#client.send(
         new UpdateCommand({
           TableName: this.#table,
           Key: { pk: devicePk(deviceId), sk: pointerSk(messageId) },
-          UpdateExpression: 'SET queueKey = :next',
+          UpdateExpression: 'SET queueKey = :next, retainUntil = :retain',
           ConditionExpression: 'queueKey = :expected',
-          ExpressionAttributeValues: { ':next': queueKey, ':expected': expectedQueueKey },
+          ExpressionAttributeValues: {
+            ':next': queueKey,
+            ':expected': expectedQueueKey,
+            ':retain': retainUntil,
+          },
         }),
       ),
     );
@@ -503,6 +571,8 @@ function toMessage(item: Record<string, unknown>): C2dMessage {
     ...(typeof item.pendingFeedback === 'string'
       ? { pendingFeedback: item.pendingFeedback as FeedbackStatus }
       : {}),
+    ...(item.wake === true ? { wake: true } : {}),
+    ...optNum(item, 'retainUntil'),
     version: num(item, 'version'),
   };
 }
