@@ -40,6 +40,7 @@ import {
   substituteQueueUrls,
 } from './template.ts';
 import { serverCertificate } from './tls.ts';
+import { startTtlSweeper } from './ttl.ts';
 
 /** Ports of the local hub; 0 picks a free one. */
 export interface LocalHubPorts {
@@ -181,6 +182,9 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       kinesis.destroy();
     });
     await ensureTables(dynamoClient, template.tables);
+    // dynalite has no TTL: delete expired items (the C2D ledger's retired messages) like DynamoDB would.
+    const ttl = startTtlSweeper({ client: dynamoClient, tables: template.tables, log });
+    closers.push(() => ttl.stop());
     await ensureStreams(kinesis, template.streams);
 
     const services = await startEndpointServices({

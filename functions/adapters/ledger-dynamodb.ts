@@ -42,12 +42,7 @@ import { TransientError } from '../core/errors.ts';
 /** Name of the due index. */
 export const LEDGER_DUE_INDEX = 'gsi1';
 
-/**
- * The table's TTL attribute (epoch seconds): set on final messages (`finalAt + retention`) and on
- * message-id pointers. DynamoDB deletes expired items for free; the local hub's `local/ttl.ts` does
- * the same on dynalite, which has no TTL.
- */
-export const LEDGER_TTL_ATTRIBUTE = 'retainUntil';
+export { LEDGER_TTL_ATTRIBUTE } from '../core/c2d/keys.ts';
 
 /**
  * The table and index the ledger needs, as a `CreateTableCommand` input (local hub, tests). The
