@@ -30,6 +30,8 @@ import {
   type DueRow,
   type DueSlot,
   devicePk,
+  LEDGER_ACTIVE_INDEX,
+  LEDGER_ACTIVE_KEY,
   MESSAGE_SK_PREFIX,
   messageSk,
   parseDueRow,
@@ -41,6 +43,15 @@ import { TransientError } from '../core/errors.ts';
 
 /** Name of the due index. */
 export const LEDGER_DUE_INDEX = 'gsi1';
+
+/**
+ * Queue reads (depth, the delivery plan, purge) query the sparse active index ({@link LEDGER_ACTIVE_INDEX},
+ * an LSI: strongly consistent), so they read only active messages however many final ones a device
+ * keeps for the retention.
+ */
+export { LEDGER_ACTIVE_INDEX };
+
+const ACTIVE_KEY = LEDGER_ACTIVE_KEY;
 
 export { LEDGER_TTL_ATTRIBUTE } from '../core/c2d/keys.ts';
 
@@ -58,6 +69,7 @@ export function ledgerTableDefinition(tableName: string): CreateTableCommandInpu
       { AttributeName: 'sk', AttributeType: 'S' },
       { AttributeName: 'gsi1pk', AttributeType: 'S' },
       { AttributeName: 'gsi1sk', AttributeType: 'S' },
+      { AttributeName: ACTIVE_KEY, AttributeType: 'S' },
     ],
     KeySchema: [
       { AttributeName: 'pk', KeyType: 'HASH' },
@@ -71,6 +83,16 @@ export function ledgerTableDefinition(tableName: string): CreateTableCommandInpu
           { AttributeName: 'gsi1sk', KeyType: 'RANGE' },
         ],
         Projection: { ProjectionType: 'KEYS_ONLY' },
+      },
+    ],
+    LocalSecondaryIndexes: [
+      {
+        IndexName: LEDGER_ACTIVE_INDEX,
+        KeySchema: [
+          { AttributeName: 'pk', KeyType: 'HASH' },
+          { AttributeName: ACTIVE_KEY, KeyType: 'RANGE' },
+        ],
+        Projection: { ProjectionType: 'ALL' },
       },
     ],
   };
@@ -169,6 +191,7 @@ export class DynamoDbLedgerStore implements LedgerStore {
       pk: devicePk(message.deviceId),
       sk: messageSk(message.queueKey),
       ...withoutUndefined(message),
+      ...(ACTIVE.includes(message.state) ? { [ACTIVE_KEY]: message.queueKey } : {}),
       ...(due === undefined ? {} : { gsi1pk: due.pk, gsi1sk: due.sk }),
     };
     return this.#conditional('PutItem', () =>
@@ -197,6 +220,7 @@ export class DynamoDbLedgerStore implements LedgerStore {
       pendingFeedback: next.pendingFeedback,
       wake: next.wake,
       retainUntil: next.retainUntil,
+      [ACTIVE_KEY]: ACTIVE.includes(next.state) ? next.queueKey : undefined,
       gsi1pk: due?.pk,
       gsi1sk: due?.sk,
     };
@@ -246,7 +270,7 @@ export class DynamoDbLedgerStore implements LedgerStore {
           Key: { pk: devicePk(input.deviceId), sk: messageSk(input.queueKey) },
           UpdateExpression:
             'SET #state = :to, finalAt = :now, retainUntil = :retain, #version = #version + :one ' +
-            'REMOVE lockToken, lockedUntil, checkAt, pendingFeedback, wake, gsi1pk, gsi1sk',
+            `REMOVE lockToken, lockedUntil, checkAt, pendingFeedback, wake, gsi1pk, gsi1sk, ${ACTIVE_KEY}`,
           ConditionExpression:
             `#state = :invisible AND lockToken = :lt AND lockedUntil > :now AND ` +
             `#ack IN (${Object.keys(acks).join(', ')})`,
@@ -414,15 +438,16 @@ export class DynamoDbLedgerStore implements LedgerStore {
     );
   }
 
+  /** Active messages of the device in queue order: the sparse active index, strongly consistent. */
   #activeQuery(deviceId: string): QueryCommandInput {
     return {
       TableName: this.#table,
-      KeyConditionExpression: 'pk = :pk AND begins_with(sk, :prefix)',
+      IndexName: LEDGER_ACTIVE_INDEX,
+      KeyConditionExpression: 'pk = :pk',
       FilterExpression: '#state IN (:enqueued, :invisible)',
       ExpressionAttributeNames: { '#state': 'state' },
       ExpressionAttributeValues: {
         ':pk': devicePk(deviceId),
-        ':prefix': MESSAGE_SK_PREFIX,
         ':enqueued': ACTIVE[0],
         ':invisible': ACTIVE[1],
       },

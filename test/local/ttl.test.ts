@@ -1,6 +1,10 @@
 import { CreateTableCommand, GetItemCommand, PutItemCommand, ScanCommand } from '@aws-sdk/client-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DynamoDbDeliveryLedger, LEDGER_TTL_ATTRIBUTE } from '../../functions/adapters/ledger-dynamodb.ts';
+import {
+  DynamoDbDeliveryLedger,
+  LEDGER_TTL_ATTRIBUTE,
+  ledgerTableDefinition,
+} from '../../functions/adapters/ledger-dynamodb.ts';
 import { createMessage, parseSendRequest } from '../../functions/core/c2d/message.ts';
 import type { LocalTable } from '../../local/template.ts';
 import { startTtlSweeper, sweepExpired, ttlTables } from '../../local/ttl.ts';
@@ -129,7 +133,16 @@ describe('local TTL sweeper', () => {
   });
 
   it('retires the C2D ledger: a completed message and its id pointer go at retainUntil, and the id is free again', async () => {
-    const ledgerTable = await table('ttl-ledger', { AttributeName: LEDGER_TTL_ATTRIBUTE, Enabled: true });
+    const definition = ledgerTableDefinition('ttl-ledger');
+    await dynamo.client.send(new CreateTableCommand(definition));
+    const ledgerTable: LocalTable = {
+      logicalId: 'Ledger',
+      name: 'ttl-ledger',
+      properties: {
+        ...definition,
+        TimeToLiveSpecification: { AttributeName: LEDGER_TTL_ATTRIBUTE, Enabled: true },
+      },
+    };
     const ledger = new DynamoDbDeliveryLedger({
       client: dynamo.doc,
       tableName: ledgerTable.name,

@@ -689,3 +689,45 @@ describe('DynamoDbLedgerStore.settleLocked when the condition fails', () => {
     expect(sent).toEqual(['UpdateCommand']);
   });
 });
+
+describe('DynamoDbDeliveryLedger reads only active messages', () => {
+  it('a delivery plan and a send after 1,000 final messages read the active ones only', async () => {
+    if (dynamo === undefined) throw new Error('dynalite not started');
+    const tableName = 'ledger-active-only';
+    await dynamo.client.send(new CreateTableCommand(ledgerTableDefinition(tableName)));
+    // Items each Query read (ScannedCount), by what the ledger asked for.
+    const scanned: number[] = [];
+    // On the shared client (the document client sends through it); removed at the end.
+    dynamo.client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const result = await next(args);
+        if (context.commandName === 'QueryCommand') {
+          scanned.push((result.output as { ScannedCount?: number }).ScannedCount ?? 0);
+        }
+        return result;
+      },
+      { step: 'initialize', name: 'scannedCounter' },
+    );
+    const ledger = new DynamoDbDeliveryLedger({ client: dynamo.doc, tableName, ...OPTIONS });
+    const deliverAll = { maxQueueDepth: 50, deliver: { lockTimeoutMs: LOCK, maxInFlight: 5 } };
+    for (let i = 0; i < 1_000; i++) {
+      const sent = await ledger.enqueue('busy', message('busy', { ack: 'none' }), deliverAll);
+      await ledger.settle('busy', sent.lockToken ?? '', 'complete', T0 + 1);
+    }
+    await ledger.enqueue('busy', message('busy', { ack: 'none', messageId: 'waiting' }), {
+      maxQueueDepth: 50,
+    });
+    scanned.length = 0;
+    try {
+      const plan = await ledger.deliveryPlan('busy', { now: T0, maxInFlight: 5, limit: 5 });
+      expect(plan.next.map((m) => m.messageId)).toEqual(['waiting']);
+      expect(scanned).toEqual([1]);
+      scanned.length = 0;
+      const sent = await ledger.enqueue('busy', message('busy', { ack: 'none' }), deliverAll);
+      expect(sent.state).toBe('Enqueued'); // 'waiting' is ahead of it
+      expect(scanned).toEqual([1]);
+    } finally {
+      dynamo.client.middlewareStack.remove('scannedCounter');
+    }
+  }, 60_000);
+});

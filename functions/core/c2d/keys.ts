@@ -22,6 +22,14 @@ import type { FeedbackStatus } from './message.ts';
  */
 export const LEDGER_TTL_ATTRIBUTE = 'retainUntil';
 
+/**
+ * The ledger's sparse local secondary index of active messages (sort key {@link LEDGER_ACTIVE_KEY},
+ * carried by `Enqueued` and `Invisible` messages only, = their queue key), projecting all attributes.
+ */
+export const LEDGER_ACTIVE_INDEX = 'active';
+/** Sort key attribute of {@link LEDGER_ACTIVE_INDEX}. */
+export const LEDGER_ACTIVE_KEY = 'activeKey';
+
 /** Prefix of message items inside a device partition. */
 export const MESSAGE_SK_PREFIX = 'msg#';
 /** Prefix of message-id pointer items inside a device partition. */
