@@ -1,6 +1,6 @@
 /**
- * Delivery ledger on one DynamoDB table (works unchanged against dynalite: no transactions, no
- * TTL, no streams needed). Every write is a single-item conditional write; see `LedgerEngine` for
+ * Delivery ledger on one DynamoDB table (works unchanged against dynalite: no transactions or
+ * streams needed; TTL on `retainUntil` is emulated locally by `local/ttl.ts`). Every write is a single-item conditional write; see `LedgerEngine` for
  * how feedback and pointers survive a crash between two writes.
  *
  * Table contract (the stack must create exactly this; see {@link ledgerTableDefinition}):
@@ -8,8 +8,11 @@
  * - GSI `gsi1`: `gsi1pk` (S) partition, `gsi1sk` (S) sort, projection KEYS_ONLY. Sparse: only
  *   message items that are due for something carry `gsi1pk`/`gsi1sk`
  *   (`due#{shard}` / `{dueAt ISO}#{deviceId}#{messageId}`, dueAt = `lockedUntil` when Invisible,
- *   `expiresAt` when Enqueued, `finalAt` while feedback is owed, `finalAt + retention` otherwise).
+ *   `expiresAt` or the next delivery check when Enqueued, `finalAt` while feedback is owed; a
+ *   final message that owes nothing has no slot).
  *   The sweep reads each shard with `gsi1pk = :shard AND gsi1sk < :now` — never a scan.
+ * - LSI `active`: `pk` / `activeKey`, projection ALL, sparse (active messages only); queue reads.
+ * - TTL on `retainUntil` (epoch seconds).
  * - Items: see `functions/core/c2d/keys.ts` (messages and pointers in `dev#{deviceId}`, feedback in
  *   `feedback#{shard}`).
  */
@@ -57,8 +60,9 @@ export { LEDGER_TTL_ATTRIBUTE } from '../core/c2d/keys.ts';
 
 /**
  * The table and index the ledger needs, as a `CreateTableCommand` input (local hub, tests). The
- * CDK stack must declare the same keys and index (`pk`/`sk`, GSI `gsi1` on `gsi1pk`/`gsi1sk`,
- * KEYS_ONLY), and should enable point-in-time recovery.
+ * CDK stack must declare the same keys and indexes (`pk`/`sk`, GSI `gsi1` on `gsi1pk`/`gsi1sk`,
+ * KEYS_ONLY; LSI `active` on `activeKey`, ALL), TTL on `retainUntil` (not part of CreateTable), and
+ * should enable point-in-time recovery.
  */
 export function ledgerTableDefinition(tableName: string): CreateTableCommandInput {
   return {

@@ -17,9 +17,11 @@
  *   A crash in between leaves a deliverable message without a pointer: it is delivered, settled
  *   and swept normally; `get` falls back to a query of the device's partition. A pointer to a
  *   missing message (retention deleted it) is stale and is replaced by the next enqueue of that id.
- * - Retention. A final message's due slot moves to `finalAt + retention`; the sweep deletes the
- *   pointer first, then the message (conditional on its version), so a crash in between is
- *   repeated by the next sweep and never leaves a pointer blocking the id.
+ * - Retention. A final message gets `retainUntil` (finalAt + retention, epoch seconds), the table's
+ *   TTL attribute, and leaves the due index: TTL deletes it (the local hub's `local/ttl.ts` on
+ *   dynalite); reads treat it as gone from `retainUntil` on. Pointers carry a later `retainUntil`,
+ *   and a pointer whose message is gone or past retention is taken over by the next send of that id.
+ *   (Messages finished before TTL took over still have a due slot; the sweep deletes those.)
  *
  * Queue depth is checked with a strongly consistent count before the write; concurrent sends to
  * one device can overshoot `maxQueueDepth` by the number of senders racing (no transactions, and
