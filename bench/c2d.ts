@@ -20,6 +20,7 @@ import { IoTDataPlaneClient, PublishCommand } from '@aws-sdk/client-iot-data-pla
 import type { MqttClient } from 'mqtt';
 import {
   DynamoDbDeliveryLedger,
+  LEDGER_DUE_INDEX,
   LEDGER_TTL_ATTRIBUTE,
   ledgerTableDefinition,
 } from '../functions/adapters/ledger-dynamodb.ts';
@@ -430,7 +431,7 @@ class Meter {
             ? SCAN
             : command !== 'Query'
               ? command
-              : input.IndexName !== undefined
+              : input.IndexName === LEDGER_DUE_INDEX
                 ? 'Query (due index)'
                 : pkValue(input).startsWith('feedback#')
                   ? 'Query (feedback page)'
