@@ -18,7 +18,12 @@ import * as path from 'node:path';
 import { CreateTableCommand } from '@aws-sdk/client-dynamodb';
 import { IoTDataPlaneClient, PublishCommand } from '@aws-sdk/client-iot-data-plane';
 import type { MqttClient } from 'mqtt';
-import { DynamoDbDeliveryLedger, ledgerTableDefinition } from '../functions/adapters/ledger-dynamodb.ts';
+import {
+  DynamoDbDeliveryLedger,
+  LEDGER_DUE_INDEX,
+  LEDGER_TTL_ATTRIBUTE,
+  ledgerTableDefinition,
+} from '../functions/adapters/ledger-dynamodb.ts';
 import { type C2dSettings, DEFAULT_C2D_SETTINGS } from '../functions/core/c2d/config.ts';
 import { C2dDelivery, type DeliveryReport, type DevicePublisher } from '../functions/core/c2d/delivery.ts';
 import type { FeedbackRecord } from '../functions/core/c2d/feedback.ts';
@@ -29,6 +34,8 @@ import { c2dRoutes } from '../functions/core/service-api/c2d-routes.ts';
 import type { ApiResponse, RouteEntry } from '../functions/core/service-api/http.ts';
 import { LOCAL_CREDENTIALS } from '../local/emulators.ts';
 import type { LocalHubEndpoints } from '../local/hub.ts';
+import type { LocalTable } from '../local/template.ts';
+import { sweepExpired } from '../local/ttl.ts';
 import { C2dTestDevice, decodeDevicebound } from '../test/support/c2d-device.ts';
 import { registerDevice } from '../test/support/devices.ts';
 import { startTestDynamo, type TestDynamo } from '../test/support/emulators.ts';
@@ -350,6 +357,7 @@ const PHASES = [
   'sweep',
   'deliver (after sweep)',
   'feedback',
+  'ttl (local only)',
 ] as const;
 type Phase = (typeof PHASES)[number] | 'uncounted';
 /**
@@ -358,6 +366,8 @@ type Phase = (typeof PHASES)[number] | 'uncounted';
  * `Query (feedback page)` (the back end reading feedback): each reads every shard once.
  */
 const ITEM_OPERATIONS = ['PutItem', 'UpdateItem', 'GetItem', 'Query', 'DeleteItem'] as const;
+/** The local TTL sweeper's table scan: one per pass over the whole table, not per message. */
+const SCAN = 'Scan (ttl pass)';
 const READS = new Set(['GetItem', 'Query', 'BatchGetItem', 'Scan']);
 
 /** Requests and the capacity units dynalite reports for them, by operation. */
@@ -417,13 +427,15 @@ class Meter {
         const input = args.input as Record<string, unknown>;
         const command = (context.commandName ?? 'Unknown').replace(/Command$/, '');
         const op =
-          command !== 'Query'
-            ? command
-            : input.IndexName !== undefined
-              ? 'Query (due index)'
-              : pkValue(input).startsWith('feedback#')
-                ? 'Query (feedback page)'
-                : 'Query';
+          command === 'Scan'
+            ? SCAN
+            : command !== 'Query'
+              ? command
+              : input.IndexName === LEDGER_DUE_INDEX
+                ? 'Query (due index)'
+                : pkValue(input).startsWith('feedback#')
+                  ? 'Query (feedback page)'
+                  : 'Query';
         const counts = this.counts(this.phase);
         const entry = counts.ops.get(op) ?? { requests: 0, units: 0 };
         counts.ops.set(op, entry);
@@ -497,6 +509,15 @@ async function costPerMessage(perScenario: number, retainedCounts: readonly numb
   meter.instrument(dynamo);
   const tableName = 'bench-c2d-ledger';
   await dynamo.client.send(new CreateTableCommand(ledgerTableDefinition(tableName)));
+  // The table as the local hub's template has it: what the local TTL sweeper reads.
+  const localTable: LocalTable = {
+    logicalId: 'Ledger',
+    name: tableName,
+    properties: {
+      ...ledgerTableDefinition(tableName),
+      TimeToLiveSpecification: { AttributeName: LEDGER_TTL_ATTRIBUTE, Enabled: true },
+    },
+  };
   const retentionMs = 60_000;
   let clock = Date.parse('2030-01-01T00:00:00.000Z');
   const at = () => clock;
@@ -571,17 +592,24 @@ async function costPerMessage(perScenario: number, retainedCounts: readonly numb
     clock += 100;
   };
 
-  /** One sweep pass after the retention, then checks (uncounted) that the messages are gone. */
+  /**
+   * One sweep pass after the retention (nothing is due: final messages are not in the due index),
+   * then what the local TTL sweeper deletes once both the messages and their id pointers have
+   * expired (DynamoDB's TTL does this for free in the cloud); checks (uncounted) that all is gone.
+   */
   const retire = async (deviceIds: readonly string[], messageId: string) => {
     clock += retentionMs + 1_000;
-    const { report } = await meter.in('sweep', () =>
-      delivery.sweep({ limit: 100, isConnected: async () => true }),
+    await meter.in('sweep', () => delivery.sweep({ limit: 100, isConnected: async () => true }));
+    // Pointers outlive the message's expiry by the retention and a day.
+    clock += settings.defaultTtlMs + retentionMs + 86_400_000;
+    const deleted = await meter.in('ttl (local only)', () =>
+      sweepExpired(dynamo.client, [localTable], clock),
     );
-    if (report.deleted !== deviceIds.length) {
-      throw new Error(`the sweep deleted ${report.deleted} of ${deviceIds.length} messages`);
+    if (deleted !== 2 * deviceIds.length) {
+      throw new Error(`the TTL pass deleted ${deleted} items for ${deviceIds.length} messages`);
     }
     for (const deviceId of deviceIds) {
-      if ((await ledger.get(deviceId, messageId)) !== undefined) {
+      if ((await ledger.get(deviceId, messageId, clock)) !== undefined) {
         throw new Error(`${deviceId}/${messageId} outlived its retention`);
       }
     }
@@ -805,10 +833,23 @@ export const c2d: Bench = {
         const last = cost.rows[i + 1]?.scenario !== r.scenario;
         if (!last) return [row];
         const total = emptyCounts();
-        for (const x of cost.rows.filter((x) => x.scenario === r.scenario)) addCounts(total, x.counts);
+        const cloud = emptyCounts();
+        for (const x of cost.rows.filter((x) => x.scenario === r.scenario)) {
+          addCounts(total, x.counts);
+          if (x.phase !== 'ttl (local only)') addCounts(cloud, x.counts);
+        }
         return [
           row,
-          { scenario: r.scenario, phase: '**total**', ...costColumns(total, r.per, ITEM_OPERATIONS) },
+          {
+            scenario: r.scenario,
+            phase: '**total, local hub**',
+            ...costColumns(total, r.per, ITEM_OPERATIONS),
+          },
+          {
+            scenario: r.scenario,
+            phase: '**total, cloud** (TTL deletes free)',
+            ...costColumns(cloud, r.per, ITEM_OPERATIONS),
+          },
         ];
       }),
     );

@@ -1,6 +1,7 @@
 import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import type { Construct } from 'constructs';
+import { LEDGER_ACTIVE_INDEX, LEDGER_ACTIVE_KEY, LEDGER_TTL_ATTRIBUTE } from '../functions/core/c2d/keys.ts';
 import { BASIC_INGEST_RULE_ENV } from '../functions/core/identity/topics.ts';
 import { routesTwinChangeEvents } from '../functions/core/routing/config.ts';
 import { BuiltInEndpoint } from './built-in-endpoint.ts';
@@ -45,10 +46,18 @@ export class HubStack extends Stack {
     // Stateful: these construct ids are a contract (renaming replaces the table).
     this.registry = new HubTable(this, 'Registry');
     // The ledger's due index (see ledgerTableDefinition in functions/adapters/ledger-dynamodb.ts)
-    // is read for keys only.
+    // is read for keys only. Final messages and message-id pointers expire by TTL on `retainUntil`
+    // (LEDGER_TTL_ATTRIBUTE there; `expiresAt` is a message's expiry in milliseconds).
     this.ledger = new HubTable(this, 'Ledger', {
       indexes: ['gsi1'],
       indexProjection: dynamodb.ProjectionType.KEYS_ONLY,
+      timeToLiveAttribute: LEDGER_TTL_ATTRIBUTE,
+    });
+    // Queue reads read only active messages: a sparse LSI (strongly consistent reads, unlike a GSI).
+    this.ledger.table.addLocalSecondaryIndex({
+      indexName: LEDGER_ACTIVE_INDEX,
+      sortKey: { name: LEDGER_ACTIVE_KEY, type: dynamodb.AttributeType.STRING },
+      projectionType: dynamodb.ProjectionType.ALL,
     });
     this.deadLetters = new HubTable(this, 'DeadLetters');
     this.d2c = new D2CPipeline(this, 'D2C', {

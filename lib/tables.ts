@@ -8,11 +8,16 @@ export interface HubTableProps {
   readonly indexes?: readonly string[];
   /** What the secondary indexes hold besides their keys. @default all attributes */
   readonly indexProjection?: dynamodb.ProjectionType;
+  /**
+   * The TTL attribute (epoch seconds). Tables whose items use `expiresAt` for something else name
+   * another one (the C2D ledger's `expiresAt` is a message's expiry in milliseconds). @default 'expiresAt'
+   */
+  readonly timeToLiveAttribute?: string;
 }
 
 /**
  * A hub DynamoDB table: generic string keys `pk`/`sk` so one table holds several item types,
- * on-demand, point-in-time recovery, TTL on `expiresAt`, retained on stack deletion.
+ * on-demand, point-in-time recovery, TTL on `expiresAt` (or the given attribute), retained on stack deletion.
  * Construct ids of these tables are a contract: renaming one replaces the table.
  */
 export class HubTable extends Construct {
@@ -26,7 +31,7 @@ export class HubTable extends Construct {
       billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
       pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
       encryption: dynamodb.TableEncryption.AWS_MANAGED,
-      timeToLiveAttribute: 'expiresAt',
+      timeToLiveAttribute: props.timeToLiveAttribute ?? 'expiresAt',
       removalPolicy: RemovalPolicy.RETAIN,
     });
     for (const name of props.indexes ?? []) {

@@ -45,6 +45,7 @@ import {
   substituteQueueUrls,
 } from './template.ts';
 import { serverCertificate } from './tls.ts';
+import { startTtlSweeper } from './ttl.ts';
 
 /** Where the AWS stand-ins listen: they check no credentials, so never beyond this machine. */
 const LOOPBACK = '127.0.0.1';
@@ -196,6 +197,9 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       kinesis.destroy();
     });
     await ensureTables(dynamoClient, template.tables);
+    // dynalite has no TTL: delete expired items (the C2D ledger's retired messages) like DynamoDB would.
+    const ttl = startTtlSweeper({ client: dynamoClient, tables: template.tables, log });
+    closers.push(() => ttl.stop());
     await ensureStreams(kinesis, template.streams);
 
     const services = await startEndpointServices({

@@ -1,6 +1,6 @@
 /**
- * Delivery ledger on one DynamoDB table (works unchanged against dynalite: no transactions, no
- * TTL, no streams needed). Every write is a single-item conditional write; see `LedgerEngine` for
+ * Delivery ledger on one DynamoDB table (works unchanged against dynalite: no transactions or
+ * streams needed; TTL on `retainUntil` is emulated locally by `local/ttl.ts`). Every write is a single-item conditional write; see `LedgerEngine` for
  * how feedback and pointers survive a crash between two writes.
  *
  * Table contract (the stack must create exactly this; see {@link ledgerTableDefinition}):
@@ -8,12 +8,15 @@
  * - GSI `gsi1`: `gsi1pk` (S) partition, `gsi1sk` (S) sort, projection KEYS_ONLY. Sparse: only
  *   message items that are due for something carry `gsi1pk`/`gsi1sk`
  *   (`due#{shard}` / `{dueAt ISO}#{deviceId}#{messageId}`, dueAt = `lockedUntil` when Invisible,
- *   `expiresAt` when Enqueued, `finalAt` while feedback is owed, `finalAt + retention` otherwise).
+ *   `expiresAt` or the next delivery check when Enqueued, `finalAt` while feedback is owed; a
+ *   final message that owes nothing has no slot).
  *   The sweep reads each shard with `gsi1pk = :shard AND gsi1sk < :now` — never a scan.
+ * - LSI `active`: `pk` / `activeKey`, projection ALL, sparse (active messages only); queue reads.
+ * - TTL on `retainUntil` (epoch seconds).
  * - Items: see `functions/core/c2d/keys.ts` (messages and pointers in `dev#{deviceId}`, feedback in
  *   `feedback#{shard}`).
  */
-import type { CreateTableCommandInput } from '@aws-sdk/client-dynamodb';
+import type { AttributeValue, CreateTableCommandInput } from '@aws-sdk/client-dynamodb';
 import {
   DeleteCommand,
   type DynamoDBDocumentClient,
@@ -23,12 +26,15 @@ import {
   type QueryCommandInput,
   UpdateCommand,
 } from '@aws-sdk/lib-dynamodb';
+import { unmarshall } from '@aws-sdk/util-dynamodb';
 import { LedgerEngine, type LedgerEngineOptions } from '../core/c2d/engine.ts';
 import { FEEDBACK_STATUS_CODES, type FeedbackRecord } from '../core/c2d/feedback.ts';
 import {
   type DueRow,
   type DueSlot,
   devicePk,
+  LEDGER_ACTIVE_INDEX,
+  LEDGER_ACTIVE_KEY,
   MESSAGE_SK_PREFIX,
   messageSk,
   parseDueRow,
@@ -42,9 +48,21 @@ import { TransientError } from '../core/errors.ts';
 export const LEDGER_DUE_INDEX = 'gsi1';
 
 /**
+ * Queue reads (depth, the delivery plan, purge) query the sparse active index ({@link LEDGER_ACTIVE_INDEX},
+ * an LSI: strongly consistent), so they read only active messages however many final ones a device
+ * keeps for the retention.
+ */
+export { LEDGER_ACTIVE_INDEX };
+
+const ACTIVE_KEY = LEDGER_ACTIVE_KEY;
+
+export { LEDGER_TTL_ATTRIBUTE } from '../core/c2d/keys.ts';
+
+/**
  * The table and index the ledger needs, as a `CreateTableCommand` input (local hub, tests). The
- * CDK stack must declare the same keys and index (`pk`/`sk`, GSI `gsi1` on `gsi1pk`/`gsi1sk`,
- * KEYS_ONLY), and should enable point-in-time recovery.
+ * CDK stack must declare the same keys and indexes (`pk`/`sk`, GSI `gsi1` on `gsi1pk`/`gsi1sk`,
+ * KEYS_ONLY; LSI `active` on `activeKey`, ALL), TTL on `retainUntil` (not part of CreateTable), and
+ * should enable point-in-time recovery.
  */
 export function ledgerTableDefinition(tableName: string): CreateTableCommandInput {
   return {
@@ -55,6 +73,7 @@ export function ledgerTableDefinition(tableName: string): CreateTableCommandInpu
       { AttributeName: 'sk', AttributeType: 'S' },
       { AttributeName: 'gsi1pk', AttributeType: 'S' },
       { AttributeName: 'gsi1sk', AttributeType: 'S' },
+      { AttributeName: ACTIVE_KEY, AttributeType: 'S' },
     ],
     KeySchema: [
       { AttributeName: 'pk', KeyType: 'HASH' },
@@ -68,6 +87,16 @@ export function ledgerTableDefinition(tableName: string): CreateTableCommandInpu
           { AttributeName: 'gsi1sk', KeyType: 'RANGE' },
         ],
         Projection: { ProjectionType: 'KEYS_ONLY' },
+      },
+    ],
+    LocalSecondaryIndexes: [
+      {
+        IndexName: LEDGER_ACTIVE_INDEX,
+        KeySchema: [
+          { AttributeName: 'pk', KeyType: 'HASH' },
+          { AttributeName: ACTIVE_KEY, KeyType: 'RANGE' },
+        ],
+        Projection: { ProjectionType: 'ALL' },
       },
     ],
   };
@@ -166,6 +195,7 @@ export class DynamoDbLedgerStore implements LedgerStore {
       pk: devicePk(message.deviceId),
       sk: messageSk(message.queueKey),
       ...withoutUndefined(message),
+      ...(ACTIVE.includes(message.state) ? { [ACTIVE_KEY]: message.queueKey } : {}),
       ...(due === undefined ? {} : { gsi1pk: due.pk, gsi1sk: due.sk }),
     };
     return this.#conditional('PutItem', () =>
@@ -192,6 +222,9 @@ export class DynamoDbLedgerStore implements LedgerStore {
       checkAt: next.checkAt,
       finalAt: next.finalAt,
       pendingFeedback: next.pendingFeedback,
+      wake: next.wake,
+      retainUntil: next.retainUntil,
+      [ACTIVE_KEY]: ACTIVE.includes(next.state) ? next.queueKey : undefined,
       gsi1pk: due?.pk,
       gsi1sk: due?.sk,
     };
@@ -224,6 +257,54 @@ export class DynamoDbLedgerStore implements LedgerStore {
     );
   }
 
+  async settleLocked(input: {
+    deviceId: string;
+    queueKey: string;
+    lockToken: string;
+    state: 'Completed' | 'Rejected';
+    now: number;
+    retainUntil: number;
+    quietAcks: readonly AckMode[];
+  }): Promise<{ ok: true; before: C2dMessage } | { ok: false; current: C2dMessage | undefined }> {
+    const acks = Object.fromEntries(input.quietAcks.map((ack, i) => [`:ack${i}`, ack]));
+    try {
+      const out = await this.#client.send(
+        new UpdateCommand({
+          TableName: this.#table,
+          Key: { pk: devicePk(input.deviceId), sk: messageSk(input.queueKey) },
+          UpdateExpression:
+            'SET #state = :to, finalAt = :now, retainUntil = :retain, #version = #version + :one ' +
+            `REMOVE lockToken, lockedUntil, checkAt, pendingFeedback, wake, gsi1pk, gsi1sk, ${ACTIVE_KEY}`,
+          ConditionExpression:
+            `#state = :invisible AND lockToken = :lt AND lockedUntil > :now AND ` +
+            `#ack IN (${Object.keys(acks).join(', ')})`,
+          ExpressionAttributeNames: { '#state': 'state', '#version': 'version', '#ack': 'ack' },
+          ExpressionAttributeValues: {
+            ':to': input.state,
+            ':now': input.now,
+            ':retain': input.retainUntil,
+            ':one': 1,
+            ':invisible': 'Invisible',
+            ':lt': input.lockToken,
+            ...acks,
+          },
+          ReturnValues: 'ALL_OLD',
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        }),
+      );
+      if (out.Attributes === undefined) throw new TypeError('settlement returned no old item');
+      return { ok: true, before: toMessage(out.Attributes) };
+    } catch (error) {
+      if (errorName(error) !== 'ConditionalCheckFailedException') {
+        throw mapError('UpdateItem', this.#table, error);
+      }
+      // DynamoDB returns the item that failed the condition; dynalite does not, so read it there.
+      const old = (error as { Item?: Record<string, AttributeValue> }).Item;
+      if (old !== undefined) return { ok: false, current: toMessage(unmarshall(old)) };
+      return { ok: false, current: await this.getMessage(input.deviceId, input.queueKey) };
+    }
+  }
+
   async deleteMessage(deviceId: string, queueKey: string, expectedVersion: number): Promise<boolean> {
     return this.#conditional('DeleteItem', () =>
       this.#client.send(
@@ -252,12 +333,17 @@ export class DynamoDbLedgerStore implements LedgerStore {
     return typeof queueKey === 'string' ? queueKey : undefined;
   }
 
-  async insertPointer(deviceId: string, messageId: string, queueKey: string): Promise<boolean> {
+  async insertPointer(
+    deviceId: string,
+    messageId: string,
+    queueKey: string,
+    retainUntil: number,
+  ): Promise<boolean> {
     return this.#conditional('PutItem', () =>
       this.#client.send(
         new PutCommand({
           TableName: this.#table,
-          Item: { pk: devicePk(deviceId), sk: pointerSk(messageId), queueKey },
+          Item: { pk: devicePk(deviceId), sk: pointerSk(messageId), queueKey, retainUntil },
           ConditionExpression: 'attribute_not_exists(pk)',
         }),
       ),
@@ -269,15 +355,20 @@ export class DynamoDbLedgerStore implements LedgerStore {
     messageId: string,
     expectedQueueKey: string,
     queueKey: string,
+    retainUntil: number,
   ): Promise<boolean> {
     return this.#conditional('UpdateItem', () =>
       this.#client.send(
         new UpdateCommand({
           TableName: this.#table,
           Key: { pk: devicePk(deviceId), sk: pointerSk(messageId) },
-          UpdateExpression: 'SET queueKey = :next',
+          UpdateExpression: 'SET queueKey = :next, retainUntil = :retain',
           ConditionExpression: 'queueKey = :expected',
-          ExpressionAttributeValues: { ':next': queueKey, ':expected': expectedQueueKey },
+          ExpressionAttributeValues: {
+            ':next': queueKey,
+            ':expected': expectedQueueKey,
+            ':retain': retainUntil,
+          },
         }),
       ),
     );
@@ -351,15 +442,16 @@ export class DynamoDbLedgerStore implements LedgerStore {
     );
   }
 
+  /** Active messages of the device in queue order: the sparse active index, strongly consistent. */
   #activeQuery(deviceId: string): QueryCommandInput {
     return {
       TableName: this.#table,
-      KeyConditionExpression: 'pk = :pk AND begins_with(sk, :prefix)',
+      IndexName: LEDGER_ACTIVE_INDEX,
+      KeyConditionExpression: 'pk = :pk',
       FilterExpression: '#state IN (:enqueued, :invisible)',
       ExpressionAttributeNames: { '#state': 'state' },
       ExpressionAttributeValues: {
         ':pk': devicePk(deviceId),
-        ':prefix': MESSAGE_SK_PREFIX,
         ':enqueued': ACTIVE[0],
         ':invisible': ACTIVE[1],
       },
@@ -503,6 +595,8 @@ function toMessage(item: Record<string, unknown>): C2dMessage {
     ...(typeof item.pendingFeedback === 'string'
       ? { pendingFeedback: item.pendingFeedback as FeedbackStatus }
       : {}),
+    ...(item.wake === true ? { wake: true } : {}),
+    ...optNum(item, 'retainUntil'),
     version: num(item, 'version'),
   };
 }

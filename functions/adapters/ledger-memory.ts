@@ -5,7 +5,7 @@
  */
 import { LedgerEngine, type LedgerEngineOptions } from '../core/c2d/engine.ts';
 import { type DueRow, type DueSlot, devicePk, messageSk, parseDueRow } from '../core/c2d/keys.ts';
-import type { C2dMessage } from '../core/c2d/message.ts';
+import type { AckMode, C2dMessage } from '../core/c2d/message.ts';
 import type { FeedbackRow, LedgerStore } from '../core/c2d/store.ts';
 
 interface StoredMessage {
@@ -62,6 +62,41 @@ export class MemoryLedgerStore implements LedgerStore {
     return true;
   }
 
+  async settleLocked(input: {
+    deviceId: string;
+    queueKey: string;
+    lockToken: string;
+    state: 'Completed' | 'Rejected';
+    now: number;
+    retainUntil: number;
+    quietAcks: readonly AckMode[];
+  }): Promise<{ ok: true; before: C2dMessage } | { ok: false; current: C2dMessage | undefined }> {
+    await tick();
+    const device = this.#messages.get(input.deviceId);
+    const stored = device?.get(input.queueKey);
+    if (device === undefined || stored === undefined) return { ok: false, current: undefined };
+    const m = stored.message;
+    if (
+      m.state !== 'Invisible' ||
+      m.lockToken !== input.lockToken ||
+      m.lockedUntil === undefined ||
+      !(m.lockedUntil > input.now) ||
+      !input.quietAcks.includes(m.ack)
+    ) {
+      return { ok: false, current: copy(m) };
+    }
+    const { lockToken: _t, lockedUntil: _u, checkAt: _c, pendingFeedback: _p, wake: _w, ...rest } = m;
+    const next: C2dMessage = {
+      ...rest,
+      state: input.state,
+      finalAt: input.now,
+      retainUntil: input.retainUntil,
+      version: m.version + 1,
+    };
+    device.set(input.queueKey, { message: next, due: undefined });
+    return { ok: true, before: copy(m) };
+  }
+
   async deleteMessage(deviceId: string, queueKey: string, expectedVersion: number): Promise<boolean> {
     await tick();
     const device = this.#messages.get(deviceId);
@@ -75,7 +110,12 @@ export class MemoryLedgerStore implements LedgerStore {
     return this.#pointers.get(pointerKey(deviceId, messageId));
   }
 
-  async insertPointer(deviceId: string, messageId: string, queueKey: string): Promise<boolean> {
+  async insertPointer(
+    deviceId: string,
+    messageId: string,
+    queueKey: string,
+    _retainUntil: number,
+  ): Promise<boolean> {
     await tick();
     const key = pointerKey(deviceId, messageId);
     if (this.#pointers.has(key)) return false;
@@ -88,6 +128,7 @@ export class MemoryLedgerStore implements LedgerStore {
     messageId: string,
     expectedQueueKey: string,
     queueKey: string,
+    _retainUntil: number,
   ): Promise<boolean> {
     await tick();
     const key = pointerKey(deviceId, messageId);

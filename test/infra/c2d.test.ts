@@ -1,6 +1,6 @@
 import { Match, type Template } from 'aws-cdk-lib/assertions';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { ledgerTableDefinition } from '../../functions/adapters/ledger-dynamodb.ts';
+import { LEDGER_TTL_ATTRIBUTE, ledgerTableDefinition } from '../../functions/adapters/ledger-dynamodb.ts';
 import {
   C2D_SETTINGS_ENV,
   type C2dSettings,
@@ -143,6 +143,14 @@ describe('ledger table', () => {
     expect(props(ids.ledger).PointInTimeRecoverySpecification).toEqual({ PointInTimeRecoveryEnabled: true });
     const resource = template.toJSON().Resources?.[ids.ledger];
     expect(resource?.DeletionPolicy).toBe('Retain');
+  });
+
+  it('expires final messages and pointers by TTL on the attribute the ledger writes (not expiresAt)', () => {
+    expect(props(ids.ledger).TimeToLiveSpecification).toEqual({
+      AttributeName: LEDGER_TTL_ATTRIBUTE,
+      Enabled: true,
+    });
+    expect(LEDGER_TTL_ATTRIBUTE).not.toBe('expiresAt');
   });
 
   it('is exported as LedgerTableName', () => {

@@ -140,6 +140,41 @@ describe('C2dDelivery.deliver', () => {
     expect(t.publisher.deliveries().map((d) => d.props['$.mid'])).toEqual(['m1', 'm2', 'm3']);
   });
 
+  it('a settlement that left nothing waiting runs no delivery pass (no read of the queue)', async () => {
+    const t = setup();
+    await t.send('dev', { messageId: 'm1' });
+    await t.delivery.deliver('dev');
+    let plans = 0;
+    const plan = t.ledger.deliveryPlan.bind(t.ledger);
+    t.ledger.deliveryPlan = (...args) => {
+      plans++;
+      return plan(...args);
+    };
+    const answer = await t.delivery.settle('dev', 'complete', (await t.state('dev', 'm1')).lockToken ?? '');
+    expect(answer.status).toBe(200);
+    expect(plans).toBe(0);
+  });
+
+  it('a message sent when there is no room is delivered when an in-flight message settles (wake)', async () => {
+    const t = setup({ maxInFlight: 1 });
+    const first = await t.delivery.send('dev', t.build('dev', { messageId: 'm1' }), {
+      maxQueueDepth: 50,
+      connected: true,
+    });
+    expect(first.state).toBe('Invisible');
+    const second = await t.delivery.send('dev', t.build('dev', { messageId: 'm2' }), {
+      maxQueueDepth: 50,
+      connected: true,
+    });
+    expect(second.state).toBe('Enqueued');
+    // The send's pass found no room and marked m1, which was locked before m2 existed.
+    expect((await t.state('dev', 'm1')).wake).toBe(true);
+    const answer = await t.delivery.settle('dev', 'complete', (await t.state('dev', 'm1')).lockToken ?? '');
+    expect(answer.status).toBe(200);
+    expect(t.publisher.deliveries().map((d) => d.props['$.mid'])).toEqual(['m1', 'm2']);
+    expect((await t.state('dev', 'm2')).state).toBe('Invisible');
+  });
+
   it('writes the property bag IoT Hub-style; decoded, it carries the message and a lock token that settles it', async () => {
     const t = setup();
     await t.send('dev-1', {
@@ -236,8 +271,9 @@ describe('C2dDelivery.deliver', () => {
 
     t.clock.advance(1);
     const swept = await t.delivery.sweep({ limit: 100, isConnected });
+    // m1 was locked with m2 waiting behind it, so it carried `wake`.
     expect(swept.report.changed).toEqual([
-      { deviceId: 'dev', messageId: 'm1', from: 'Invisible', to: 'Enqueued' },
+      { deviceId: 'dev', messageId: 'm1', from: 'Invisible', to: 'Enqueued', wake: true },
     ]);
     expect(asked).toEqual(['dev']);
     expect(swept.deliveries).toEqual([{ deviceId: 'dev', delivered: ['m1'], failed: [] }]);

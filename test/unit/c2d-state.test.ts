@@ -405,19 +405,19 @@ describe('bookkeeping', () => {
     expect(cleared.state).toBe('Completed');
   });
 
-  it('dueAtOf: expiry when Enqueued, lock expiry when Invisible, now while feedback is owed, then retention', () => {
-    expect(dueAtOf(enqueued, 1_000)).toBe(enqueued.expiresAt);
-    expect(dueAtOf({ ...enqueued, checkAt: T0 + 7 }, 1_000)).toBe(T0 + 7);
-    expect(dueAtOf({ ...enqueued, checkAt: enqueued.expiresAt + 7 }, 1_000)).toBe(enqueued.expiresAt);
-    expect(dueAtOf(invisible, 1_000)).toBe(invisible.lockedUntil);
+  it('dueAtOf: expiry when Enqueued, lock expiry when Invisible, now while feedback is owed, then never (TTL)', () => {
+    expect(dueAtOf(enqueued)).toBe(enqueued.expiresAt);
+    expect(dueAtOf({ ...enqueued, checkAt: T0 + 7 })).toBe(T0 + 7);
+    expect(dueAtOf({ ...enqueued, checkAt: enqueued.expiresAt + 7 })).toBe(enqueued.expiresAt);
+    expect(dueAtOf(invisible)).toBe(invisible.lockedUntil);
     const owed = {
       ...enqueued,
       state: 'Completed' as const,
       finalAt: T0 + 5,
       pendingFeedback: 'success' as const,
     };
-    expect(dueAtOf(owed, 1_000)).toBe(T0 + 5);
-    expect(dueAtOf(markFeedbackWritten(owed), 1_000)).toBe(T0 + 1_005);
+    expect(dueAtOf(owed)).toBe(T0 + 5);
+    expect(dueAtOf(markFeedbackWritten(owed))).toBeUndefined();
   });
 
   it('lock tokens carry the queue key and reject tampering', () => {

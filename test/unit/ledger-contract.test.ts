@@ -1,5 +1,6 @@
 import { CreateTableCommand } from '@aws-sdk/client-dynamodb';
 import type { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { marshall } from '@aws-sdk/util-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DynamoDbDeliveryLedger,
@@ -15,7 +16,7 @@ import {
   QueueFullError,
   StaleLockTokenError,
 } from '../../functions/core/c2d/errors.ts';
-import type { DueSlot } from '../../functions/core/c2d/keys.ts';
+import { type DueSlot, newLockToken } from '../../functions/core/c2d/keys.ts';
 import type { DeliveryLedger } from '../../functions/core/c2d/ledger.ts';
 import {
   type AckMode,
@@ -499,17 +500,24 @@ describe.each(harnesses)('DeliveryLedger contract: %s', (name, harness) => {
     expect(after.filter((r) => ids.includes(r.originalMessageId))).toEqual([]);
   });
 
-  it('deletes final messages at the end of retention and frees their id', async () => {
-    const sent = await ledger.enqueue('retention', message('retention', { messageId: 'keep' }), {
+  it('hands final messages to TTL: retainUntil set, out of the due index, gone after retention, id free', async () => {
+    const sent = await ledger.enqueue('retention', message('retention', { messageId: 'keep', ack: 'none' }), {
       maxQueueDepth: 50,
     });
     const locked = await deliverOne('retention');
     await ledger.settle('retention', locked.lockToken ?? '', 'complete', T0 + 1);
-    await ledger.releaseExpiredLocks({ now: T0 + 2, limit: 1000 });
-    expect((await ledger.get('retention', sent.messageId))?.state).toBe('Completed');
-    const report = await ledger.releaseExpiredLocks({ now: T0 + 1 + OPTIONS.finalRetentionMs, limit: 1000 });
-    expect(report.deleted).toBeGreaterThanOrEqual(1);
-    expect(await ledger.get('retention', sent.messageId)).toBeUndefined();
+    const done = await ledger.get('retention', sent.messageId, T0 + 2);
+    expect(done?.state).toBe('Completed');
+    expect(done?.retainUntil).toBe(Math.ceil((T0 + 1 + OPTIONS.finalRetentionMs) / 1000));
+    // Nothing left for the sweep to do: the table's TTL deletes it.
+    expect(
+      (await ledger.dueMessages({ now: T0 + 10 * OPTIONS.finalRetentionMs, limit: 1000 })).filter(
+        (d) => d.deviceId === 'retention',
+      ),
+    ).toEqual([]);
+    const end = (done?.retainUntil ?? 0) * 1000;
+    expect((await ledger.get('retention', sent.messageId, end - 1))?.state).toBe('Completed');
+    expect(await ledger.get('retention', sent.messageId, end)).toBeUndefined();
     const again = await ledger.enqueue(
       'retention',
       message('retention', { messageId: 'keep', now: T0 + 2 * OPTIONS.finalRetentionMs }),
@@ -517,6 +525,209 @@ describe.each(harnesses)('DeliveryLedger contract: %s', (name, harness) => {
         maxQueueDepth: 50,
       },
     );
-    expect((await ledger.get('retention', 'keep'))?.queueKey).toBe(again.queueKey);
+    expect((await ledger.get('retention', 'keep', T0 + 2 * OPTIONS.finalRetentionMs))?.queueKey).toBe(
+      again.queueKey,
+    );
   });
+
+  it('a final message that owes feedback gets retainUntil too, kept when the feedback is written', async () => {
+    await ledger.enqueue('ttl-fb', message('ttl-fb', { messageId: 'f', ack: 'full' }), { maxQueueDepth: 50 });
+    const locked = await deliverOne('ttl-fb');
+    const { message: done, feedback } = await ledger.settle(
+      'ttl-fb',
+      locked.lockToken ?? '',
+      'complete',
+      T0 + 5,
+    );
+    expect(feedback?.status).toBe('success');
+    expect(done.pendingFeedback).toBeUndefined();
+    expect((await ledger.get('ttl-fb', 'f', T0 + 6))?.retainUntil).toBe(
+      Math.ceil((T0 + 5 + OPTIONS.finalRetentionMs) / 1000),
+    );
+  });
+
+  /** An engine over a fresh store of this adapter that counts the store calls made. */
+  function countingLedger(): { ledger: DeliveryLedger; calls: string[] } {
+    const calls: string[] = [];
+    const store = harness.store();
+    const counted = new Proxy(store, {
+      get(target, property) {
+        const value: unknown = Reflect.get(target, property, target);
+        if (typeof value !== 'function') return value;
+        return (...args: unknown[]) => {
+          calls.push(String(property));
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      },
+    });
+    return { ledger: new LedgerEngine(counted, OPTIONS), calls };
+  }
+
+  it('settles a quiet complete or reject with one conditional write and no read', async () => {
+    const { ledger: counted, calls } = countingLedger();
+    for (const [i, outcome] of (['complete', 'reject'] as const).entries()) {
+      const device = `one-write-${i}`;
+      await counted.enqueue(
+        device,
+        message(device, { ack: outcome === 'complete' ? 'negative' : 'positive' }),
+        {
+          maxQueueDepth: 50,
+        },
+      );
+      const [next] = await counted.nextDeliverable(device, { now: T0, maxInFlight: 5, limit: 1 });
+      const locked = await counted.markDelivered(next as C2dMessage, { now: T0, lockTimeoutMs: LOCK });
+      calls.length = 0;
+      const result = await counted.settle(device, locked.lockToken ?? '', outcome, T0 + 1);
+      expect(calls).toEqual(['settleLocked']);
+      expect(result.message.state).toBe(outcome === 'complete' ? 'Completed' : 'Rejected');
+      expect(result.message.version).toBe(locked.version + 1);
+      expect(result.wake).toBe(false);
+      expect(result.feedback).toBeUndefined();
+      const stored = await counted.get(device, locked.messageId, T0 + 2);
+      expect(stored).toEqual(result.message);
+    }
+  });
+
+  it('a settlement whose write fails decides from the old item: the right typed error, nothing changed', async () => {
+    await ledger.enqueue('cond-fail', message('cond-fail', { ack: 'none' }), { maxQueueDepth: 50 });
+    const locked = await deliverOne('cond-fail');
+    const wrong = `${(locked.lockToken ?? '').slice(0, -4)}0000`;
+    const stale = await rejectsWith(
+      ledger.settle('cond-fail', wrong, 'complete', T0 + 1),
+      StaleLockTokenError,
+    );
+    expect((stale as StaleLockTokenError).context?.reason).toBe('notLocked');
+    const lapsed = await rejectsWith(
+      ledger.settle('cond-fail', locked.lockToken ?? '', 'complete', T0 + LOCK),
+      StaleLockTokenError,
+    );
+    expect((lapsed as StaleLockTokenError).context?.reason).toBe('lockExpired');
+    expect(await ledger.get('cond-fail', locked.messageId, T0 + 1)).toEqual(locked);
+    const done = await ledger.settle('cond-fail', locked.lockToken ?? '', 'complete', T0 + 2);
+    expect(done.message.state).toBe('Completed');
+    const again = await rejectsWith(
+      ledger.settle('cond-fail', locked.lockToken ?? '', 'complete', T0 + 3),
+      StaleLockTokenError,
+    );
+    expect((again as StaleLockTokenError).context?.reason).toBe('notLocked');
+  });
+
+  it('locks a message as it is written when asked and nothing is ahead of it', async () => {
+    const sent = await ledger.enqueue('at-once', message('at-once', { ack: 'none' }), {
+      maxQueueDepth: 50,
+      deliver: { lockTimeoutMs: LOCK, maxInFlight: 1 },
+    });
+    expect(sent).toMatchObject({ state: 'Invisible', deliveryCount: 1, lockedUntil: T0 + LOCK });
+    expect(await ledger.get('at-once', sent.messageId, T0)).toEqual(sent);
+    // No room left (maxInFlight 1): the next one is written Enqueued, and the plan says it waits.
+    const second = await ledger.enqueue('at-once', message('at-once', { ack: 'none' }), {
+      maxQueueDepth: 50,
+      deliver: { lockTimeoutMs: LOCK, maxInFlight: 1 },
+    });
+    expect(second.state).toBe('Enqueued');
+    const plan = await ledger.deliveryPlan('at-once', { now: T0, maxInFlight: 1, limit: 1 });
+    expect(plan).toMatchObject({ next: [], waiting: true });
+    expect(plan.inFlight.map((m) => m.messageId)).toEqual([sent.messageId]);
+    const woken = await ledger.wake(plan.inFlight[0] as C2dMessage, T0);
+    expect(woken.wake).toBe(true);
+    await rejectsWith(ledger.wake(plan.inFlight[0] as C2dMessage, T0), ConcurrentUpdateError);
+    const settled = await ledger.settle('at-once', sent.lockToken ?? '', 'complete', T0 + 1);
+    expect(settled.wake).toBe(true);
+  });
+});
+
+describe('DynamoDbLedgerStore.settleLocked when the condition fails', () => {
+  // DynamoDB returns the old item with the failure (ReturnValuesOnConditionCheckFailure: ALL_OLD);
+  // dynalite does not, so this failure path is played by a stub client.
+  it('decides from the returned old item without reading: a lapsed lock is a StaleLockTokenError', async () => {
+    const locked: C2dMessage = {
+      ...message('old-item', { ack: 'none' }),
+      state: 'Invisible',
+      deliveryCount: 1,
+      lockToken: 'tok',
+      lockedUntil: T0 + 10,
+      version: 2,
+    };
+    const sent: string[] = [];
+    const stub = {
+      send: async (command: object) => {
+        sent.push(command.constructor.name);
+        throw Object.assign(new Error('The conditional request failed'), {
+          name: 'ConditionalCheckFailedException',
+          Item: marshall({ pk: 'dev#old-item', sk: `msg#${locked.queueKey}`, ...locked }),
+        });
+      },
+    } as unknown as DynamoDBDocumentClient;
+    const engine = new LedgerEngine(new DynamoDbLedgerStore({ client: stub, tableName: 't' }), OPTIONS);
+    const token = newLockToken(locked.queueKey);
+    const stored = { ...locked, lockToken: token };
+    const stubWithToken = {
+      send: async (command: object) => {
+        sent.push(command.constructor.name);
+        throw Object.assign(new Error('The conditional request failed'), {
+          name: 'ConditionalCheckFailedException',
+          Item: marshall({ pk: 'dev#old-item', sk: `msg#${locked.queueKey}`, ...stored }),
+        });
+      },
+    } as unknown as DynamoDBDocumentClient;
+    const lapsed = new LedgerEngine(
+      new DynamoDbLedgerStore({ client: stubWithToken, tableName: 't' }),
+      OPTIONS,
+    );
+    const error = await rejectsWith(
+      lapsed.settle('old-item', token, 'complete', T0 + 10),
+      StaleLockTokenError,
+    );
+    expect((error as StaleLockTokenError).context?.reason).toBe('lockExpired');
+    expect(sent).toEqual(['UpdateCommand']);
+    sent.length = 0;
+    const other = await rejectsWith(
+      engine.settle('old-item', token, 'complete', T0 + 1),
+      StaleLockTokenError,
+    );
+    expect((other as StaleLockTokenError).context?.reason).toBe('notLocked');
+    expect(sent).toEqual(['UpdateCommand']);
+  });
+});
+
+describe('DynamoDbDeliveryLedger reads only active messages', () => {
+  it('a delivery plan and a send after 1,000 final messages read the active ones only', async () => {
+    if (dynamo === undefined) throw new Error('dynalite not started');
+    const tableName = 'ledger-active-only';
+    await dynamo.client.send(new CreateTableCommand(ledgerTableDefinition(tableName)));
+    // Items each Query read (ScannedCount), by what the ledger asked for.
+    const scanned: number[] = [];
+    // On the shared client (the document client sends through it); removed at the end.
+    dynamo.client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const result = await next(args);
+        if (context.commandName === 'QueryCommand') {
+          scanned.push((result.output as { ScannedCount?: number }).ScannedCount ?? 0);
+        }
+        return result;
+      },
+      { step: 'initialize', name: 'scannedCounter' },
+    );
+    const ledger = new DynamoDbDeliveryLedger({ client: dynamo.doc, tableName, ...OPTIONS });
+    const deliverAll = { maxQueueDepth: 50, deliver: { lockTimeoutMs: LOCK, maxInFlight: 5 } };
+    for (let i = 0; i < 1_000; i++) {
+      const sent = await ledger.enqueue('busy', message('busy', { ack: 'none' }), deliverAll);
+      await ledger.settle('busy', sent.lockToken ?? '', 'complete', T0 + 1);
+    }
+    await ledger.enqueue('busy', message('busy', { ack: 'none', messageId: 'waiting' }), {
+      maxQueueDepth: 50,
+    });
+    scanned.length = 0;
+    try {
+      const plan = await ledger.deliveryPlan('busy', { now: T0, maxInFlight: 5, limit: 5 });
+      expect(plan.next.map((m) => m.messageId)).toEqual(['waiting']);
+      expect(scanned).toEqual([1]);
+      scanned.length = 0;
+      const sent = await ledger.enqueue('busy', message('busy', { ack: 'none' }), deliverAll);
+      expect(sent.state).toBe('Enqueued'); // 'waiting' is ahead of it
+      expect(scanned).toEqual([1]);
+    } finally {
+      dynamo.client.middlewareStack.remove('scannedCounter');
+    }
+  }, 60_000);
 });

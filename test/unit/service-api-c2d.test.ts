@@ -268,17 +268,18 @@ describe('POST /devices/{id}/messages/deviceBound', () => {
 
   it('still answers 201 when the delivery right after the send fails, and logs it', async () => {
     await connect('d1');
+    const down = {
+      publish: async () => {
+        throw new Error('iot down');
+      },
+    };
     const failing = makeHandler({
       registry,
       connections,
       log,
       c2d: {
         ledger,
-        delivery: {
-          deliver: async () => {
-            throw new Error('iot down');
-          },
-        },
+        delivery: new C2dDelivery({ ledger, publisher: down, settings, log, now: clock.now }),
         settings,
         now: clock.now,
       },
@@ -289,7 +290,9 @@ describe('POST /devices/{id}/messages/deviceBound', () => {
       ),
     );
     expect(r.status).toBe(201);
-    expect(r.body.state).toBe('Enqueued');
+    // Locked as it was written; the publish failed, so the lock lapses and the sweep delivers it again.
+    expect(r.body.state).toBe('Invisible');
+    expect((await ledger.get('d1', 'm1', T0))?.deliveryCount).toBe(1);
     expect(log.at('warn').some((e) => e.context?.messageId === 'm1')).toBe(true);
   });
 });
@@ -385,7 +388,7 @@ describe('DELETE /devices/{id} with C2D', () => {
       log,
       c2d: {
         ledger: broken,
-        delivery: { deliver: async (deviceId) => ({ deviceId, delivered: [], failed: [] }) },
+        delivery: { send: async (_deviceId, message) => message },
         settings,
       },
     });

@@ -128,22 +128,46 @@ export class C2dDelivery {
    * publish failure stops the pass so order holds (the lock lapses and the sweep redelivers).
    */
   async deliver(deviceId: string): Promise<DeliveryReport> {
-    const { ledger, publisher, settings, log } = this.#deps;
+    return (await this.#deliver(deviceId)).report;
+  }
+
+  /** A delivery pass; also returns the messages it locked, as written. */
+  async #deliver(deviceId: string): Promise<{ report: DeliveryReport; locked: C2dMessage[] }> {
+    const { ledger, settings } = this.#deps;
     const delivered: string[] = [];
     const failed: string[] = [];
+    const locked: C2dMessage[] = [];
     for (let round = 0; round < MAX_ROUNDS; round++) {
       const now = this.#now();
-      const next = await ledger.nextDeliverable(deviceId, {
+      const plan = await ledger.deliveryPlan(deviceId, {
         now,
         maxInFlight: settings.maxInFlight,
         limit: settings.maxInFlight,
       });
-      if (next.length === 0) break;
       let raced = false;
-      for (const message of next) {
-        let locked: C2dMessage;
+      if (plan.next.length === 0) {
+        if (!plan.waiting) break;
+        // No room, but messages wait: make sure a message in flight wakes a pass when it leaves.
+        if (plan.inFlight.some((m) => m.wake === true)) break;
+        const last = plan.inFlight.at(-1);
+        if (last === undefined) break;
         try {
-          locked = await ledger.markDelivered(message, { now, lockTimeoutMs: settings.lockTimeoutMs });
+          await ledger.wake(last, now);
+          break;
+        } catch (error) {
+          if (error instanceof ConflictError || error instanceof NotFoundError) continue; // it moved: read again
+          throw error;
+        }
+      }
+      for (const [i, message] of plan.next.entries()) {
+        let lock: C2dMessage;
+        try {
+          lock = await ledger.markDelivered(message, {
+            now,
+            lockTimeoutMs: settings.lockTimeoutMs,
+            // The last lock of a pass that leaves messages waiting wakes the next pass when it settles.
+            wake: plan.waiting && i === plan.next.length - 1,
+          });
         } catch (error) {
           if (error instanceof ConflictError || error instanceof NotFoundError) {
             raced = true; // another deliverer, a purge or a settlement got there first: read again
@@ -151,23 +175,69 @@ export class C2dDelivery {
           }
           throw error;
         }
-        const topic = deviceboundTopic(deviceId, deviceboundPropertyBag(locked, locked.lockToken ?? ''));
-        try {
-          await publisher.publish(topic, locked.body);
-          delivered.push(locked.messageId);
-        } catch (error) {
-          failed.push(locked.messageId);
-          log.warn('c2d publish failed; the message is delivered again when its lock lapses', {
-            deviceId,
-            messageId: locked.messageId,
-            error: describe(error),
-          });
-          return { deviceId, delivered, failed };
+        locked.push(lock);
+        if (!(await this.#publish(deviceId, lock))) {
+          failed.push(lock.messageId);
+          return { report: { deviceId, delivered, failed }, locked };
         }
+        delivered.push(lock.messageId);
       }
       if (!raced) break;
     }
-    return { deviceId, delivered, failed };
+    return { report: { deviceId, delivered, failed }, locked };
+  }
+
+  /**
+   * Accepts a message for the device (the service API's send) and, when the device is connected,
+   * delivers it: locked as it is written when nothing is ahead of it and there is room, then
+   * published; otherwise a delivery pass in queue order. Returns the message as stored now, for the
+   * sender's answer, without reading it again.
+   */
+  async send(
+    deviceId: string,
+    message: C2dMessage,
+    opts: { maxQueueDepth: number; connected: boolean },
+  ): Promise<C2dMessage> {
+    const { ledger, settings, log } = this.#deps;
+    const stored = await ledger.enqueue(deviceId, message, {
+      maxQueueDepth: opts.maxQueueDepth,
+      ...(opts.connected
+        ? { deliver: { lockTimeoutMs: settings.lockTimeoutMs, maxInFlight: settings.maxInFlight } }
+        : {}),
+    });
+    if (!opts.connected) return stored;
+    try {
+      if (stored.state === 'Invisible') {
+        await this.#publish(deviceId, stored);
+        return stored;
+      }
+      const { locked } = await this.#deliver(deviceId);
+      return locked.find((m) => m.queueKey === stored.queueKey) ?? stored;
+    } catch (error) {
+      // Accepted is accepted: the device's next connect or subscribe (or the sweep) delivers it.
+      log.warn('delivery right after send failed', {
+        deviceId,
+        messageId: stored.messageId,
+        error: describe(error),
+      });
+      return stored;
+    }
+  }
+
+  /** Publishes a locked message; false (logged) when the publish failed and the lock must lapse. */
+  async #publish(deviceId: string, locked: C2dMessage): Promise<boolean> {
+    const topic = deviceboundTopic(deviceId, deviceboundPropertyBag(locked, locked.lockToken ?? ''));
+    try {
+      await this.#deps.publisher.publish(topic, locked.body);
+      return true;
+    } catch (error) {
+      this.#deps.log.warn('c2d publish failed; the message is delivered again when its lock lapses', {
+        deviceId,
+        messageId: locked.messageId,
+        error: describe(error),
+      });
+      return false;
+    }
   }
 
   /**
@@ -176,7 +246,7 @@ export class C2dDelivery {
    * lock token of another device's message is simply not found in this device's queue.
    */
   async settle(deviceId: string, outcome: string, lockToken: string): Promise<SettlementAnswer> {
-    const answer = await this.#settle(deviceId, outcome, lockToken);
+    const { answer, wake } = await this.#settle(deviceId, outcome, lockToken);
     try {
       await this.#deps.publisher.publish(
         settleResponseTopic(deviceId, answer.status, lockToken),
@@ -185,33 +255,44 @@ export class C2dDelivery {
     } catch (error) {
       this.#deps.log.warn('could not answer a settlement', { deviceId, lockToken, error: describe(error) });
     }
-    if (answer.status === 200) await this.deliver(deviceId);
+    // Only when the settlement left something to deliver (see `C2dMessage.wake`): no read otherwise.
+    if (answer.status === 200 && wake) await this.deliver(deviceId);
     return answer;
   }
 
-  async #settle(deviceId: string, outcome: string, lockToken: string): Promise<SettlementAnswer> {
+  async #settle(
+    deviceId: string,
+    outcome: string,
+    lockToken: string,
+  ): Promise<{ answer: SettlementAnswer; wake: boolean }> {
     if (!(SETTLE_OUTCOMES as readonly string[]).includes(outcome)) {
       return {
-        status: 400,
-        body: {
+        wake: false,
+        answer: {
           status: 400,
-          code: 'InvalidSettlement',
-          message: `outcome '${outcome}' is not one of ${SETTLE_OUTCOMES.join(', ')}`,
-          outcome,
-          lockToken,
+          body: {
+            status: 400,
+            code: 'InvalidSettlement',
+            message: `outcome '${outcome}' is not one of ${SETTLE_OUTCOMES.join(', ')}`,
+            outcome,
+            lockToken,
+          },
         },
       };
     }
     try {
-      const { message } = await this.#deps.ledger.settle(
+      const { message, wake } = await this.#deps.ledger.settle(
         deviceId,
         lockToken,
         outcome as SettleOutcome,
         this.#now(),
       );
       return {
-        status: 200,
-        body: { status: 200, outcome, lockToken, messageId: message.messageId, state: message.state },
+        wake: wake !== false,
+        answer: {
+          status: 200,
+          body: { status: 200, outcome, lockToken, messageId: message.messageId, state: message.state },
+        },
       };
     } catch (error) {
       if (
@@ -223,7 +304,10 @@ export class C2dDelivery {
       // 412 for a lock token that no longer holds the message, as IoT Hub answers it.
       const status = error instanceof NotFoundError ? 404 : error instanceof StaleLockTokenError ? 412 : 409;
       this.#deps.log.info('settlement refused', { deviceId, outcome, code: error.code });
-      return { status, body: { status, code: error.code, message: error.message, outcome, lockToken } };
+      return {
+        wake: false,
+        answer: { status, body: { status, code: error.code, message: error.message, outcome, lockToken } },
+      };
     }
   }
 
@@ -237,7 +321,10 @@ export class C2dDelivery {
     isConnected: (deviceId: string) => Promise<boolean>;
   }): Promise<{ report: SweepReport; deliveries: DeliveryReport[] }> {
     const report = await this.#deps.ledger.releaseExpiredLocks({ now: this.#now(), limit: opts.limit });
-    const released = new Set(report.changed.filter((c) => c.to === 'Enqueued').map((c) => c.deviceId));
+    // Released messages, and room made by a message that had others waiting behind it.
+    const released = new Set(
+      report.changed.filter((c) => c.to === 'Enqueued' || c.wake === true).map((c) => c.deviceId),
+    );
     const deliveries: DeliveryReport[] = [];
     for (const deviceId of released) {
       try {

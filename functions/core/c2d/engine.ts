@@ -17,9 +17,11 @@
  *   A crash in between leaves a deliverable message without a pointer: it is delivered, settled
  *   and swept normally; `get` falls back to a query of the device's partition. A pointer to a
  *   missing message (retention deleted it) is stale and is replaced by the next enqueue of that id.
- * - Retention. A final message's due slot moves to `finalAt + retention`; the sweep deletes the
- *   pointer first, then the message (conditional on its version), so a crash in between is
- *   repeated by the next sweep and never leaves a pointer blocking the id.
+ * - Retention. A final message gets `retainUntil` (finalAt + retention, epoch seconds), the table's
+ *   TTL attribute, and leaves the due index: TTL deletes it (the local hub's `local/ttl.ts` on
+ *   dynalite); reads treat it as gone from `retainUntil` on. Pointers carry a later `retainUntil`,
+ *   and a pointer whose message is gone or past retention is taken over by the next send of that id.
+ *   (Messages finished before TTL took over still have a due slot; the sweep deletes those.)
  *
  * Queue depth is checked with a strongly consistent count before the write; concurrent sends to
  * one device can overshoot `maxQueueDepth` by the number of senders racing (no transactions, and
@@ -34,7 +36,7 @@ import {
   QueueFullError,
   StaleLockTokenError,
 } from './errors.ts';
-import { FEEDBACK_STATUS_CODES, type FeedbackRecord } from './feedback.ts';
+import { FEEDBACK_STATUS_CODES, type FeedbackRecord, feedbackFor } from './feedback.ts';
 import {
   DEFAULT_SHARDS,
   type DueRow,
@@ -55,14 +57,16 @@ import {
 } from './keys.ts';
 import type {
   DeliveryLedger,
+  DeliveryPlan,
   DueEntry,
+  EnqueueOptions,
   FeedbackPage,
   PurgeResult,
   SettleResult,
   StateChange,
   SweepReport,
 } from './ledger.ts';
-import { type C2dMessage, isFinal } from './message.ts';
+import { type AckMode, type C2dMessage, isFinal } from './message.ts';
 import { type C2dEvent, dueAtOf, markFeedbackWritten, type SettleOutcome, transition } from './state.ts';
 import type { FeedbackRow, LedgerStore } from './store.ts';
 
@@ -117,7 +121,7 @@ export class LedgerEngine implements DeliveryLedger {
     }
   }
 
-  async enqueue(deviceId: string, message: C2dMessage, opts: { maxQueueDepth: number }): Promise<C2dMessage> {
+  async enqueue(deviceId: string, message: C2dMessage, opts: EnqueueOptions): Promise<C2dMessage> {
     if (message.deviceId !== deviceId || message.state !== 'Enqueued') {
       throw new ValidationError(
         'InvalidC2dMessage',
@@ -129,7 +133,9 @@ export class LedgerEngine implements DeliveryLedger {
         },
       );
     }
-    const depth = await this.#store.countActive(deviceId);
+    // One read serves the depth check and the decision to lock the message as it is written.
+    const active = await this.#store.listActive(deviceId);
+    const depth = active.length;
     if (depth >= opts.maxQueueDepth) {
       throw new QueueFullError(`device queue holds the maximum of ${opts.maxQueueDepth} messages`, {
         deviceId,
@@ -137,28 +143,62 @@ export class LedgerEngine implements DeliveryLedger {
         depth,
       });
     }
-    if (!(await this.#store.insertMessage(message, this.#slot(message)))) {
+    let stored = message;
+    const now = message.enqueuedAt;
+    if (opts.deliver !== undefined) {
+      const inFlight = active.filter((m) => m.state === 'Invisible').length;
+      const ahead = active.some((m) => deliverable(m, now));
+      if (!ahead && inFlight < opts.deliver.maxInFlight) {
+        const locked = transition(message, {
+          type: 'deliver',
+          now,
+          lockTimeoutMs: opts.deliver.lockTimeoutMs,
+          lockToken: newLockToken(message.queueKey),
+        });
+        if (locked.ok) stored = locked.next;
+      }
+    }
+    if (!(await this.#store.insertMessage(stored, this.#slot(stored)))) {
       throw new ConcurrentUpdateError('queue key already taken', { deviceId, queueKey: message.queueKey });
     }
-    await this.#claimPointer(message);
-    return message;
+    await this.#claimPointer(stored);
+    return stored;
+  }
+
+  async deliveryPlan(
+    deviceId: string,
+    opts: { now: number; maxInFlight: number; limit: number },
+  ): Promise<DeliveryPlan> {
+    const active = await this.#store.listActive(deviceId);
+    const inFlight = active.filter((m) => m.state === 'Invisible');
+    const room = Math.max(0, Math.min(opts.limit, opts.maxInFlight - inFlight.length));
+    const ready = active.filter((m) => deliverable(m, opts.now));
+    return { next: ready.slice(0, room), waiting: ready.length > room, inFlight };
+  }
+
+  async wake(message: C2dMessage, now: number): Promise<C2dMessage> {
+    const result = transition(message, { type: 'wake', now });
+    if (!result.ok) throw result.error;
+    if (!(await this.#store.updateMessage(message.version, result.next, this.#slot(result.next)))) {
+      throw new ConcurrentUpdateError('the message changed or went away since it was read', {
+        deviceId: message.deviceId,
+        messageId: message.messageId,
+        expectedVersion: message.version,
+      });
+    }
+    return result.next;
   }
 
   async nextDeliverable(
     deviceId: string,
     opts: { now: number; maxInFlight: number; limit: number },
   ): Promise<C2dMessage[]> {
-    const active = await this.#store.listActive(deviceId);
-    const inFlight = active.filter((m) => m.state === 'Invisible').length;
-    const room = Math.max(0, Math.min(opts.limit, opts.maxInFlight - inFlight));
-    return active
-      .filter((m) => m.state === 'Enqueued' && m.expiresAt > opts.now && m.deliveryCount < m.maxDeliveryCount)
-      .slice(0, room);
+    return (await this.deliveryPlan(deviceId, opts)).next;
   }
 
   async markDelivered(
     message: C2dMessage,
-    opts: { now: number; lockTimeoutMs: number },
+    opts: { now: number; lockTimeoutMs: number; wake?: boolean },
   ): Promise<C2dMessage> {
     const { deviceId, messageId } = message;
     const event: C2dEvent = {
@@ -166,6 +206,7 @@ export class LedgerEngine implements DeliveryLedger {
       now: opts.now,
       lockTimeoutMs: opts.lockTimeoutMs,
       lockToken: newLockToken(message.queueKey),
+      ...(opts.wake === true ? { wake: true } : {}),
     };
     const result = transition(message, event);
     if (!result.ok) throw result.error;
@@ -193,18 +234,41 @@ export class LedgerEngine implements DeliveryLedger {
         reason: 'malformed',
       });
     }
+    const event = { type: outcome, lockToken, now } as const;
+    let read: { message: C2dMessage | undefined } | undefined;
+    if (outcome !== 'abandon') {
+      // The common case in one write: the lock holds and the sender wants no feedback for this outcome.
+      const state = outcome === 'complete' ? 'Completed' : 'Rejected';
+      const written = await this.#store.settleLocked({
+        deviceId,
+        queueKey,
+        lockToken,
+        state,
+        now,
+        retainUntil: this.#retainUntil(now),
+        quietAcks: ACK_MODES.filter((ack) => feedbackFor(ack, state) === undefined),
+      });
+      if (written.ok) {
+        const result = transition(written.before, event);
+        if (!result.ok) throw result.error; // cannot happen: the write's condition is the transition's
+        return { message: this.#retained(result.next), wake: written.before.wake === true };
+      }
+      read = { message: written.current };
+    }
     for (let attempt = 0; attempt < this.#maxAttempts; attempt++) {
-      const message = await this.#store.getMessage(deviceId, queueKey);
+      const message = read !== undefined ? read.message : await this.#store.getMessage(deviceId, queueKey);
+      read = undefined;
       if (message === undefined) {
         throw new MessageNotFoundError('lock token names no message of this device', { deviceId, lockToken });
       }
-      const result = transition(message, { type: outcome, lockToken, now });
+      const result = transition(message, event);
       if (!result.ok) throw result.error;
       const applied = await this.#apply(message, result.next);
       if (applied !== undefined) {
+        const wake = message.wake === true || applied.message.state === 'Enqueued';
         return applied.feedback === undefined
-          ? { message: applied.message }
-          : { message: applied.message, feedback: applied.feedback };
+          ? { message: applied.message, wake }
+          : { message: applied.message, feedback: applied.feedback, wake };
       }
       // Lost the race: the re-read decides (usually a StaleLockTokenError now).
     }
@@ -238,6 +302,7 @@ export class LedgerEngine implements DeliveryLedger {
           feedback.push(written.record);
           if (!written.cleared) conflicts++;
         } else if (now >= (message.finalAt ?? message.enqueuedAt) + this.#retentionMs) {
+          // Only messages finished before TTL took over retention still have this due slot.
           await this.#store.deletePointer(message.deviceId, message.messageId, message.queueKey);
           if (await this.#store.deleteMessage(message.deviceId, message.queueKey, message.version)) deleted++;
           else conflicts++;
@@ -265,6 +330,7 @@ export class LedgerEngine implements DeliveryLedger {
         messageId: message.messageId,
         from: message.state,
         to: result.next.state,
+        ...(message.wake === true ? { wake: true } : {}),
       });
       if (applied.feedback !== undefined) feedback.push(applied.feedback);
     }
@@ -294,15 +360,16 @@ export class LedgerEngine implements DeliveryLedger {
     return { purged: messageIds.length, messageIds };
   }
 
-  async get(deviceId: string, messageId: string): Promise<C2dMessage | undefined> {
+  async get(deviceId: string, messageId: string, now = Date.now()): Promise<C2dMessage | undefined> {
     const queueKey = await this.#store.getPointer(deviceId, messageId);
     if (queueKey !== undefined) {
       const message = await this.#store.getMessage(deviceId, queueKey);
-      if (message !== undefined) return message;
+      if (message !== undefined) return gone(message, now) ? undefined : message;
     }
     // No pointer (crash after the message write) or a stale one: newest message with that id.
     const found = await this.#store.findByMessageId(deviceId, messageId);
-    return found.sort((a, b) => (a.queueKey < b.queueKey ? 1 : -1))[0];
+    const newest = found.sort((a, b) => (a.queueKey < b.queueKey ? 1 : -1))[0];
+    return newest === undefined || gone(newest, now) ? undefined : newest;
   }
 
   async readFeedback(opts: { limit: number; cursor?: string }): Promise<FeedbackPage> {
@@ -338,8 +405,9 @@ export class LedgerEngine implements DeliveryLedger {
   /** Conditional write of a state change, then the feedback it owes. `undefined` = lost the race. */
   async #apply(
     prev: C2dMessage,
-    next: C2dMessage,
+    proposed: C2dMessage,
   ): Promise<{ message: C2dMessage; feedback?: FeedbackRecord } | undefined> {
+    const next = this.#retained(proposed);
     if (!(await this.#store.updateMessage(prev.version, next, this.#slot(next)))) return undefined;
     if (next.pendingFeedback === undefined) return { message: next };
     try {
@@ -384,14 +452,18 @@ export class LedgerEngine implements DeliveryLedger {
 
   async #claimPointer(message: C2dMessage): Promise<void> {
     const { deviceId, messageId, queueKey } = message;
+    // The pointer outlives its message: a message is final by its expiry (plus a lock and a sweep),
+    // and its retention starts then; a day more covers a sweep that was down for a while.
+    const retainUntil = Math.ceil((message.expiresAt + this.#retentionMs + POINTER_MARGIN_MS) / 1000);
     for (let attempt = 0; attempt < this.#maxAttempts; attempt++) {
-      if (await this.#store.insertPointer(deviceId, messageId, queueKey)) return;
+      if (await this.#store.insertPointer(deviceId, messageId, queueKey, retainUntil)) return;
       const current = await this.#store.getPointer(deviceId, messageId);
       if (current === undefined) continue; // deleted in between: try to insert again
       if (current === queueKey) return;
-      if ((await this.#store.getMessage(deviceId, current)) === undefined) {
-        // Stale pointer (its message was deleted at the end of retention): take it over.
-        if (await this.#store.swapPointer(deviceId, messageId, current, queueKey)) return;
+      const holder = await this.#store.getMessage(deviceId, current);
+      if (holder === undefined || gone(holder, message.enqueuedAt)) {
+        // Stale pointer (its message was deleted, or is past retention): take it over.
+        if (await this.#store.swapPointer(deviceId, messageId, current, queueKey, retainUntil)) return;
         continue;
       }
       // A live message holds the id: withdraw ours. If it was already delivered, it stays (same id,
@@ -402,8 +474,19 @@ export class LedgerEngine implements DeliveryLedger {
     throw new ConcurrentUpdateError('message id pointer kept changing', { deviceId, messageId });
   }
 
+  /** TTL (epoch seconds) of a message that turns final at `finalAt`. */
+  #retainUntil(finalAt: number): number {
+    return Math.ceil((finalAt + this.#retentionMs) / 1000);
+  }
+
+  /** `message` with its TTL set when it is final. */
+  #retained(message: C2dMessage): C2dMessage {
+    if (!isFinal(message.state) || message.retainUntil !== undefined) return message;
+    return { ...message, retainUntil: this.#retainUntil(message.finalAt ?? message.enqueuedAt) };
+  }
+
   #slot(message: C2dMessage): DueSlot | undefined {
-    const dueAt = dueAtOf(message, this.#retentionMs);
+    const dueAt = dueAtOf(message);
     return dueAt === undefined
       ? undefined
       : dueSlot(message.deviceId, message.messageId, dueAt, this.#shards);
@@ -428,6 +511,19 @@ export class LedgerEngine implements DeliveryLedger {
       .sort((a, b) => compare(a.indexSk, b.indexSk))
       .slice(0, Math.max(0, limit));
   }
+}
+
+const ACK_MODES: readonly AckMode[] = ['none', 'positive', 'negative', 'full'];
+const POINTER_MARGIN_MS = 86_400_000;
+
+/** Enqueued, unexpired and with attempts left at `now`. */
+function deliverable(m: C2dMessage, now: number): boolean {
+  return m.state === 'Enqueued' && m.expiresAt > now && m.deliveryCount < m.maxDeliveryCount;
+}
+
+/** A final message past its retention: gone, even if the table's TTL has not deleted it yet. */
+function gone(m: C2dMessage, now: number): boolean {
+  return isFinal(m.state) && m.retainUntil !== undefined && m.retainUntil * 1000 <= now;
 }
 
 function compare(a: string, b: string): number {

@@ -6,12 +6,29 @@
  * | --- | --- | --- | --- |
  * | message | `dev#{deviceId}` | `msg#{queueKey}` | `due#{shard}` / `{dueAt ISO}#{deviceId}#{messageId}` while something is due |
  * | message-id pointer | `dev#{deviceId}` | `mid#{messageId}` | - |
+ *
+ * Final messages and pointers carry `retainUntil` (epoch seconds), the table's TTL attribute.
  * | feedback record | `feedback#{shard}` | `{finalAt ISO}#{deviceId}#{queueKey}#{status}` | - |
  *
  * `queueKey` = `{enqueuedAt ISO}#{seq}` sorts in enqueue order; `shard` = FNV-1a(deviceId) mod shards.
  */
 import { randomBytes } from 'node:crypto';
 import type { FeedbackStatus } from './message.ts';
+
+/**
+ * The ledger table's TTL attribute (epoch seconds): set on final messages (`finalAt + retention`) and
+ * on message-id pointers. DynamoDB deletes expired items for free; the local hub's `local/ttl.ts` does
+ * the same on dynalite, which has no TTL. Not `expiresAt`: that is a message's expiry in milliseconds.
+ */
+export const LEDGER_TTL_ATTRIBUTE = 'retainUntil';
+
+/**
+ * The ledger's sparse local secondary index of active messages (sort key {@link LEDGER_ACTIVE_KEY},
+ * carried by `Enqueued` and `Invisible` messages only, = their queue key), projecting all attributes.
+ */
+export const LEDGER_ACTIVE_INDEX = 'active';
+/** Sort key attribute of {@link LEDGER_ACTIVE_INDEX}. */
+export const LEDGER_ACTIVE_KEY = 'activeKey';
 
 /** Prefix of message items inside a device partition. */
 export const MESSAGE_SK_PREFIX = 'msg#';

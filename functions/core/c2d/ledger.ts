@@ -25,7 +25,21 @@ export interface DeliveryLedger {
    * `QueueFullError` when the device already holds `maxQueueDepth` active messages and with
    * `DuplicateMessageIdError` when the device already has a message with this id.
    */
-  enqueue(deviceId: string, message: C2dMessage, opts: { maxQueueDepth: number }): Promise<C2dMessage>;
+  enqueue(deviceId: string, message: C2dMessage, opts: EnqueueOptions): Promise<C2dMessage>;
+  /**
+   * What a delivery pass should do: the next deliverable messages (as {@link nextDeliverable}),
+   * whether more deliverable messages wait beyond the room in flight, and the messages in flight.
+   * One read of the device's active messages.
+   */
+  deliveryPlan(
+    deviceId: string,
+    opts: { now: number; maxInFlight: number; limit: number },
+  ): Promise<DeliveryPlan>;
+  /**
+   * Marks an `Invisible` message (as read) so that its settlement or lock lapse runs a delivery
+   * pass. Conditional on its version: `ConcurrentUpdateError` when it changed since the read.
+   */
+  wake(message: C2dMessage, now: number): Promise<C2dMessage>;
   /**
    * The next `Enqueued`, unexpired messages in queue order, at most `limit` and at most
    * `maxInFlight` minus the messages already `Invisible`. Reads only; lock each with `markDelivered`.
@@ -42,11 +56,16 @@ export interface DeliveryLedger {
    * on the version read, no re-read: of two deliverers only one gets the lock, the other (and anyone
    * whose message changed or vanished since the read) a `ConcurrentUpdateError`.
    */
-  markDelivered(message: C2dMessage, opts: { now: number; lockTimeoutMs: number }): Promise<C2dMessage>;
+  markDelivered(
+    message: C2dMessage,
+    opts: { now: number; lockTimeoutMs: number; wake?: boolean },
+  ): Promise<C2dMessage>;
   /**
    * Completes, rejects or abandons the message the lock token holds, in `deviceId`'s queue only.
    * `MessageNotFoundError` when the token names no message of this device, `StaleLockTokenError`
-   * when the lock was lost; either way nothing changes.
+   * when the lock was lost; either way nothing changes. A complete or reject whose sender wants no
+   * feedback for it is one conditional write that reads nothing; only when its condition fails is
+   * the message read (the old item DynamoDB returns with the failure) to decide.
    */
   settle(deviceId: string, lockToken: string, outcome: SettleOutcome, now: number): Promise<SettleResult>;
   /** Entries of the due index due at or before `now`, earliest first (reads only). */
@@ -59,8 +78,11 @@ export interface DeliveryLedger {
   releaseExpiredLocks(opts: { now: number; limit: number }): Promise<SweepReport>;
   /** Moves every active message of the device to `Purged` (with feedback where asked). */
   purge(deviceId: string, now: number): Promise<PurgeResult>;
-  /** The message and its state, active or final (within retention), or `undefined`. */
-  get(deviceId: string, messageId: string): Promise<C2dMessage | undefined>;
+  /**
+   * The message and its state, active or final (within retention), or `undefined`. A final message
+   * past its retention counts as gone even before the table's TTL has deleted it.
+   */
+  get(deviceId: string, messageId: string, now?: number): Promise<C2dMessage | undefined>;
   /**
    * Unacknowledged feedback records, roughly in the order they arose. Pass the returned cursor
    * back to continue; an exhausted read still returns a cursor to poll with later.
@@ -70,10 +92,35 @@ export interface DeliveryLedger {
   acknowledgeFeedback(ids: readonly string[]): Promise<number>;
 }
 
+/** How {@link DeliveryLedger.enqueue} adds a message. */
+export interface EnqueueOptions {
+  readonly maxQueueDepth: number;
+  /**
+   * The device is connected: lock the message as it is written (one write, no second pass) when
+   * nothing deliverable is ahead of it and there is room in flight. The caller then publishes it.
+   */
+  readonly deliver?: { readonly lockTimeoutMs: number; readonly maxInFlight: number };
+}
+
+/** What a delivery pass should lock, from one read of the device's active messages. */
+export interface DeliveryPlan {
+  /** The messages to lock, in queue order. */
+  readonly next: C2dMessage[];
+  /** More deliverable messages wait than there is room for (the last lock should carry `wake`). */
+  readonly waiting: boolean;
+  /** The messages in flight (`Invisible`). */
+  readonly inFlight: C2dMessage[];
+}
+
 /** What a settlement did. */
 export interface SettleResult {
   /** The message after the settlement (`Completed`, `Rejected`, `Enqueued` or `DeadLettered`). */
   readonly message: C2dMessage;
+  /**
+   * Something may be deliverable now: the message is `Enqueued` again, or messages waited behind it
+   * for room (it carried `wake`). When false, no delivery pass is needed.
+   */
+  readonly wake?: boolean;
   /** The feedback record written, when the sender asked for one. */
   readonly feedback?: FeedbackRecord;
 }
@@ -92,6 +139,8 @@ export interface StateChange {
   readonly messageId: string;
   readonly from: C2dState;
   readonly to: C2dState;
+  /** The message left `Invisible` carrying `wake`: run a delivery pass for its device. */
+  readonly wake?: boolean;
 }
 
 /** What one sweep did. */

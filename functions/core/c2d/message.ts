@@ -85,6 +85,17 @@ export interface C2dMessage {
   readonly finalAt?: number;
   /** A feedback record is owed for the final state and not yet known to be written. */
   readonly pendingFeedback?: FeedbackStatus;
+  /**
+   * Set on an `Invisible` message when deliverable messages wait behind it for room in flight: its
+   * settlement (or lock lapse) runs a delivery pass. Without it a settlement runs none, so a device
+   * whose queue is empty costs no read after each completion.
+   */
+  readonly wake?: boolean;
+  /**
+   * Epoch seconds after which storage may delete the item (the table's TTL attribute): set when the
+   * message turns final, to `finalAt + retention`. Until TTL deletes it, reads treat it as gone.
+   */
+  readonly retainUntil?: number;
   /** Incremented by every change; every write is conditional on the version read. */
   readonly version: number;
 }

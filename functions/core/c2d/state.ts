@@ -27,7 +27,11 @@ export type C2dEvent =
       readonly now: number;
       readonly lockTimeoutMs: number;
       readonly lockToken: string;
+      /** Messages wait behind this one for room: settling it should run a delivery pass. */
+      readonly wake?: boolean;
     }
+  /** Marks an `Invisible` message so that leaving `Invisible` runs a delivery pass (see `C2dMessage.wake`). */
+  | { readonly type: 'wake'; readonly now: number }
   | { readonly type: SettleOutcome; readonly lockToken: string; readonly now: number }
   | { readonly type: 'lockExpired'; readonly now: number }
   /** The sweep checked an `Enqueued` message that was due for a delivery check; next check at `nextCheckAt`. */
@@ -78,9 +82,15 @@ export function transition(message: C2dMessage | undefined, event: C2dEvent): Tr
         deliveryCount: message.deliveryCount + 1,
         lockToken: event.lockToken,
         lockedUntil: event.now + event.lockTimeoutMs,
+        ...(event.wake === true ? { wake: true } : {}),
         version: message.version + 1,
       };
       return { ok: true, next };
+    }
+    case 'wake': {
+      if (message.state !== 'Invisible')
+        return illegal(ctx, `no lock to wake from in state ${message.state}`);
+      return { ok: true, next: { ...message, wake: true, version: message.version + 1 } };
     }
     case 'complete':
     case 'reject':
@@ -145,24 +155,24 @@ export function markFeedbackWritten(message: C2dMessage): C2dMessage {
 
 /**
  * When the message next needs attention from the schedule, or `undefined` if never: the lock
- * expiry while `Invisible`, the expiry while `Enqueued`, right away while feedback is owed, and the
- * end of the retention of a final message (after which the ledger deletes it).
+ * expiry while `Invisible`, the expiry while `Enqueued`, right away while feedback is owed; never
+ * for a final message that owes nothing (the table's TTL deletes it at `retainUntil`).
  */
-export function dueAtOf(message: C2dMessage, retentionMs: number): number | undefined {
+export function dueAtOf(message: C2dMessage): number | undefined {
   if (message.state === 'Enqueued') return Math.min(message.expiresAt, message.checkAt ?? message.expiresAt);
   if (message.state === 'Invisible') return message.lockedUntil ?? message.expiresAt;
-  const finalAt = message.finalAt ?? message.enqueuedAt;
-  return message.pendingFeedback === undefined ? finalAt + retentionMs : finalAt;
+  // A final message is due only while it owes feedback; its retention ends by TTL (`retainUntil`).
+  return message.pendingFeedback === undefined ? undefined : (message.finalAt ?? message.enqueuedAt);
 }
 
 function release(message: C2dMessage, now: number): TransitionResult {
   if (message.deliveryCount >= message.maxDeliveryCount) return toFinal(message, 'DeadLettered', now);
-  const { lockToken: _t, lockedUntil: _u, ...rest } = message;
+  const { lockToken: _t, lockedUntil: _u, wake: _w, ...rest } = message;
   return { ok: true, next: { ...rest, state: 'Enqueued', checkAt: now, version: message.version + 1 } };
 }
 
 function toFinal(message: C2dMessage, state: C2dState, now: number): TransitionResult {
-  const { lockToken: _t, lockedUntil: _u, pendingFeedback: _p, checkAt: _c, ...rest } = message;
+  const { lockToken: _t, lockedUntil: _u, pendingFeedback: _p, checkAt: _c, wake: _w, ...rest } = message;
   const feedback = feedbackFor(message.ack, state);
   const next: C2dMessage = {
     ...rest,

@@ -1,6 +1,6 @@
 import type { FeedbackRecord } from './feedback.ts';
 import type { DueRow, DueSlot } from './keys.ts';
-import type { C2dMessage } from './message.ts';
+import type { AckMode, C2dMessage } from './message.ts';
 
 /**
  * Item-level storage under the ledger: single-item conditional reads and writes and key-range
@@ -24,18 +24,36 @@ export interface LedgerStore {
    * feedback, version, due slot) if the stored version is still `expectedVersion`.
    */
   updateMessage(expectedVersion: number, next: C2dMessage, due: DueSlot | undefined): Promise<boolean>;
+  /**
+   * Completes or rejects a locked message in one conditional write, without reading it: applies
+   * only if the message is `Invisible` under `lockToken`, the lock holds at `now`, and its `ack` is
+   * one of `quietAcks` (no feedback owed). Then: `state`, `finalAt = now`, `retainUntil`, version + 1,
+   * lock, check time, feedback flag, `wake` and due slot removed. Returns the message as it was before
+   * (`ok: true`), or, when the condition failed, the message as it is (`undefined` if absent): the
+   * old item DynamoDB returns with the failure, or a read where the store cannot return it.
+   */
+  settleLocked(input: {
+    deviceId: string;
+    queueKey: string;
+    lockToken: string;
+    state: 'Completed' | 'Rejected';
+    now: number;
+    retainUntil: number;
+    quietAcks: readonly AckMode[];
+  }): Promise<{ ok: true; before: C2dMessage } | { ok: false; current: C2dMessage | undefined }>;
   /** Deletes a message if its stored version is still `expectedVersion`. */
   deleteMessage(deviceId: string, queueKey: string, expectedVersion: number): Promise<boolean>;
   /** The queue key the message id points to. */
   getPointer(deviceId: string, messageId: string): Promise<string | undefined>;
-  /** Creates the pointer if none exists. */
-  insertPointer(deviceId: string, messageId: string, queueKey: string): Promise<boolean>;
-  /** Repoints the pointer if it still points to `expectedQueueKey`. */
+  /** Creates the pointer if none exists; `retainUntil` (epoch seconds) is its TTL. */
+  insertPointer(deviceId: string, messageId: string, queueKey: string, retainUntil: number): Promise<boolean>;
+  /** Repoints the pointer (and its TTL) if it still points to `expectedQueueKey`. */
   swapPointer(
     deviceId: string,
     messageId: string,
     expectedQueueKey: string,
     queueKey: string,
+    retainUntil: number,
   ): Promise<boolean>;
   /** Deletes the pointer if it still points to `expectedQueueKey`. */
   deletePointer(deviceId: string, messageId: string, expectedQueueKey: string): Promise<boolean>;

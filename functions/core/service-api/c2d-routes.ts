@@ -15,8 +15,8 @@ import { jsonResponse, parseJsonBody, type RouteEntry } from './http.ts';
 export interface C2dRouteDeps {
   readonly registry: Pick<DeviceRegistry, 'get'>;
   readonly ledger: DeliveryLedger;
-  /** Delivers right after a send when the device is connected. */
-  readonly delivery: Pick<C2dDelivery, 'deliver'>;
+  /** Accepts a send and delivers it at once when the device is connected. */
+  readonly delivery: Pick<C2dDelivery, 'send'>;
   readonly settings: Pick<C2dSettings, 'defaultTtlMs' | 'maxDeliveryCount' | 'maxQueueDepth'>;
   readonly log: Log;
   /** @default Date.now */
@@ -113,24 +113,11 @@ export function c2dRoutes(deps: C2dRouteDeps): RouteEntry[] {
         const device = await requireDevice(deviceId);
         const message = createMessage(deviceId, sendRequest, { now: now(), config: deps.settings });
         assertDeliverable(message);
-        await deps.ledger.enqueue(deviceId, message, { maxQueueDepth: deps.settings.maxQueueDepth });
-        // The stored message is the one just written, unless the delivery below locked it.
-        let stored = message;
-        if (device.connectionState === 'Connected') {
-          try {
-            const report = await deps.delivery.deliver(deviceId);
-            if (report.delivered.includes(message.messageId) || report.failed.includes(message.messageId)) {
-              stored = (await deps.ledger.get(deviceId, message.messageId)) ?? message;
-            }
-          } catch (error) {
-            // Accepted is accepted: the device's next connect or subscribe delivers it.
-            deps.log.warn('delivery right after send failed', {
-              deviceId,
-              messageId: message.messageId,
-              error: error instanceof Error ? { name: error.name, message: error.message } : String(error),
-            });
-          }
-        }
+        // The answer is built from the message as the send wrote (and maybe locked) it: no read back.
+        const stored = await deps.delivery.send(deviceId, message, {
+          maxQueueDepth: deps.settings.maxQueueDepth,
+          connected: device.connectionState === 'Connected',
+        });
         return jsonResponse(201, toMessageStatus(stored), {
           location: `/devices/${encodeURIComponent(deviceId)}/messages/deviceBound/${encodeURIComponent(message.messageId)}`,
         });
