@@ -3,7 +3,12 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PROJECT_ROOT } from '../../lib/hub-function.ts';
-import { FunctionError, LambdaRunner } from '../../local/lambda-runner.ts';
+import {
+  DEFAULT_LOCAL_CONCURRENCY,
+  FunctionError,
+  LambdaRunner,
+  type LambdaRunnerOptions,
+} from '../../local/lambda-runner.ts';
 import type { LocalFunction } from '../../local/template.ts';
 
 const BASE_ENV = { BASE_VAR: 'base', PATH: process.env.PATH ?? '' };
@@ -22,8 +27,18 @@ function fn(logicalId: string, fixture: string, extra: Partial<LocalFunction> = 
 }
 
 const runners: LambdaRunner[] = [];
-function runner(functions: LocalFunction[], lines: string[] = []): LambdaRunner {
-  const r = new LambdaRunner(functions, PROJECT_ROOT, BASE_ENV, (line) => lines.push(line));
+function runner(
+  functions: LocalFunction[],
+  lines: string[] = [],
+  options: Partial<LambdaRunnerOptions> = {},
+): LambdaRunner {
+  const r = new LambdaRunner({
+    functions,
+    projectRoot: PROJECT_ROOT,
+    baseEnv: BASE_ENV,
+    log: (line) => lines.push(line),
+    ...options,
+  });
   runners.push(r);
   return r;
 }
@@ -62,17 +77,14 @@ describe('LambdaRunner', () => {
     const codeDir = mkdtempSync(path.join(tmpdir(), 'runner-code-'));
     try {
       const big = 'x'.repeat(200_000);
-      const first = new LambdaRunner(
+      const first = runner(
         [
           fn('ReaderA', 'read-file', { files: { 'routing.json': '{"a":1}', 'big.txt': big } }),
           fn('ReaderB', 'read-file', { files: { 'routing.json': '{"b":2}' } }),
         ],
-        PROJECT_ROOT,
-        BASE_ENV,
-        () => {},
-        codeDir,
+        [],
+        { codeDir },
       );
-      runners.push(first);
       const a = (await first.invoke('ReaderA', { name: 'routing.json' })) as {
         root: string;
         content: string;
@@ -86,14 +98,9 @@ describe('LambdaRunner', () => {
       expect(((await first.invoke('ReaderA', { name: 'big.txt' })) as { content: string }).content).toBe(big);
       await first.close();
       // A later template without big.txt: the old file must not linger.
-      const second = new LambdaRunner(
-        [fn('ReaderA', 'read-file', { files: { 'routing.json': '{"a":2}' } })],
-        PROJECT_ROOT,
-        BASE_ENV,
-        () => {},
+      const second = runner([fn('ReaderA', 'read-file', { files: { 'routing.json': '{"a":2}' } })], [], {
         codeDir,
-      );
-      runners.push(second);
+      });
       expect(
         ((await second.invoke('ReaderA', { name: 'routing.json' })) as { content: string }).content,
       ).toBe('{"a":2}');
@@ -213,16 +220,24 @@ describe('LambdaRunner', () => {
     await expect(r.invoke('Nope', {})).rejects.toThrow(/no function Nope/);
   });
 
-  it('resolves concurrent invocations, each with its own result', async () => {
-    const r = runner([fn('Slow', 'slow', { timeoutSeconds: 2 }), fn('Echo', 'echo-env')]);
-    const started = Date.now();
+  it('runs concurrent invocations in environments of their own, one at a time each, up to the limit', async () => {
+    const r = runner([fn('Slow', 'slow', { timeoutSeconds: 5 }), fn('Echo', 'echo-env')]);
     const results = (await Promise.all(
       Array.from({ length: 12 }, (_, i) => r.invoke('Slow', { sleepMs: 200, tag: `t${i}` })),
     )) as SlowResult[];
     expect(results.map((x) => x.tag)).toEqual(Array.from({ length: 12 }, (_, i) => `t${i}`));
-    expect(new Set(results.map((x) => x.invocations)).size).toBe(12);
-    // They overlapped instead of queueing behind each other (12 × 200 ms).
-    expect(Date.now() - started).toBeLessThan(2000);
+    // At most the default limit of environments, each used one invocation after the other: an
+    // environment's invocation counts are 1, 2, 3, ... (two at once would share a count's neighbour).
+    const threads = new Set(results.map((x) => x.threadId));
+    expect(threads.size).toBe(DEFAULT_LOCAL_CONCURRENCY);
+    expect(r.environmentCount('Slow')).toBe(DEFAULT_LOCAL_CONCURRENCY);
+    for (const thread of threads) {
+      const counts = results
+        .filter((x) => x.threadId === thread)
+        .map((x) => x.invocations)
+        .sort((a, b) => a - b);
+      expect(counts).toEqual(counts.map((_, i) => i + 1));
+    }
 
     const mixed = await Promise.all([
       r.invoke('Echo', { i: 1 }),
@@ -232,6 +247,33 @@ describe('LambdaRunner', () => {
     expect((mixed[0] as EchoResult).event).toEqual({ i: 1 });
     expect((mixed[1] as SlowResult).tag).toBe('x');
     expect((mixed[2] as EchoResult).event).toEqual({ i: 2 });
+    // A warm environment was reused, not a new one started.
+    expect(threads.has((mixed[1] as SlowResult).threadId)).toBe(true);
+  });
+
+  it("honours the template's ReservedConcurrentExecutions and reuses an idle environment", async () => {
+    const r = runner([fn('Slow', 'slow', { timeoutSeconds: 5, reservedConcurrency: 2 })]);
+    const first = (await r.invoke('Slow', { sleepMs: 0 })) as SlowResult;
+    const second = (await r.invoke('Slow', { sleepMs: 0 })) as SlowResult;
+    expect(second.threadId).toBe(first.threadId);
+    expect(second.invocations).toBe(2);
+    expect(r.environmentCount('Slow')).toBe(1);
+    const burst = (await Promise.all(
+      Array.from({ length: 6 }, () => r.invoke('Slow', { sleepMs: 50 })),
+    )) as SlowResult[];
+    expect(new Set(burst.map((x) => x.threadId)).size).toBe(2);
+    expect(r.environmentCount('Slow')).toBe(2);
+  });
+
+  it('a timed-out environment is replaced for the invocation waiting for one', async () => {
+    const r = runner([fn('Slow', 'slow', { timeoutSeconds: 1, reservedConcurrency: 1 })]);
+    const [timedOut, next] = await Promise.allSettled([
+      r.invoke('Slow', { sleepMs: 10_000 }),
+      r.invoke('Slow', { sleepMs: 0, tag: 'next' }),
+    ]);
+    expect(timedOut.status).toBe('rejected');
+    expect(((timedOut as PromiseRejectedResult).reason as FunctionError).errorType).toBe('Sandbox.Timedout');
+    expect(next.status === 'fulfilled' && (next.value as SlowResult).invocations).toBe(1);
   });
 
   it('close() terminates the workers', async () => {
@@ -257,11 +299,7 @@ describe('LambdaRunner', () => {
     }
   });
 
-  // BUG (local/lambda-runner.ts, Environment.close, lines 117-122): close() terminates the worker and
-  // clears `this.worker` but leaves `pending` and its timers alone; the worker's 'exit' handler then
-  // ignores the exit (`this.worker === worker` is false). An invocation in flight at close() therefore
-  // hangs until its timeout and then rejects as Sandbox.Timedout (and the timer keeps the process
-  // alive for up to the function's timeout after the hub has closed).
+  // close() ends an invocation in flight at once, with its timer (it must not keep the process alive).
   it('close() rejects an invocation in flight at once', async () => {
     const r = runner([fn('Slow', 'slow', { timeoutSeconds: 2 })]);
     await r.invoke('Slow', { sleepMs: 0 });
@@ -277,9 +315,7 @@ describe('LambdaRunner', () => {
     expect(settledAfter).toBeLessThan(1000);
   });
 
-  // BUG (same cause): the stale timer of an invocation that was in flight at close() later calls
-  // reset(), which terminates whatever environment is current by then and rejects ITS invocations with
-  // Sandbox.Timedout, although they ran well under their own timeout.
+  // The timer of an invocation in flight at close() must not later end a newer environment.
   it("an invocation made after close() is not killed by an older invocation's timer", async () => {
     const r = runner([fn('Slow', 'slow', { timeoutSeconds: 2 })]);
     await r.invoke('Slow', { sleepMs: 0 });
