@@ -1,6 +1,7 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { build } from 'esbuild';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PROJECT_ROOT } from '../../lib/hub-function.ts';
 import {
@@ -326,6 +327,260 @@ describe('LambdaRunner', () => {
     const fresh = (await r.invoke('Slow', { sleepMs: 1500, tag: 'fresh' })) as SlowResult;
     expect(fresh.tag).toBe('fresh');
     await old;
+  });
+});
+
+/**
+ * Bundles a fixture as HubFunction's NodejsFunction does (ESM, minified, source map, the
+ * createRequire banner) into `<dir>/<logicalId>/index.mjs`, plus `files`; returns the folder.
+ */
+async function bundle(dir: string, logicalId: string, fixture: string, files: Record<string, string> = {}) {
+  const out = path.join(dir, logicalId);
+  await build({
+    entryPoints: [path.join(PROJECT_ROOT, 'test/fixtures/functions', `${fixture}.ts`)],
+    outfile: path.join(out, 'index.mjs'),
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node22',
+    minify: true,
+    sourcemap: true,
+    banner: { js: "import { createRequire } from 'module'; const require = createRequire(import.meta.url);" },
+    logLevel: 'silent',
+  });
+  for (const [name, content] of Object.entries(files)) writeFileSync(path.join(out, name), content);
+  return out;
+}
+
+describe('LambdaRunner with bundles', () => {
+  it("runs the bundle's index.mjs with its folder as LAMBDA_TASK_ROOT, the source only without one", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-bundles-'));
+    try {
+      const bundled = await bundle(dir, 'Reader', 'read-file', { 'routing.json': '{"bundled":true}' });
+      const codeDir = path.join(dir, 'code');
+      const r = runner(
+        [
+          fn('Reader', 'read-file', { files: { 'routing.json': '{"from":"metadata"}' } }),
+          fn('SourceReader', 'read-file', { files: { 'routing.json': '{"from":"source"}' } }),
+        ],
+        [],
+        { assetDirOf: (id) => (id === 'Reader' ? bundled : undefined), codeDir },
+      );
+      expect(await r.invoke('Reader', { name: 'routing.json' })).toEqual({
+        root: bundled,
+        content: '{"bundled":true}',
+      });
+      // The bundle's folder holds its files: nothing is written for it.
+      expect(existsSync(path.join(codeDir, 'Reader'))).toBe(false);
+      expect(await r.invoke('SourceReader', { name: 'routing.json' })).toEqual({
+        root: path.join(codeDir, 'SourceReader'),
+        content: '{"from":"source"}',
+      });
+      // What runs is the bundle, not the source: a bundle that differs from its source shows it.
+      writeFileSync(path.join(bundled, 'index.mjs'), 'export const handler = async () => "the bundle";\n');
+      const fresh = runner([fn('Reader', 'read-file')], [], { assetDirOf: () => bundled });
+      expect(await fresh.invoke('Reader', {})).toBe('the bundle');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("maps a bundle's stack trace to the TypeScript source when the template enables source maps", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-bundles-'));
+    try {
+      const bundled = await bundle(dir, 'Throws', 'throws');
+      const withMaps = runner(
+        [fn('Throws', 'throws', { environment: { NODE_OPTIONS: '--enable-source-maps' } })],
+        [],
+        { assetDirOf: () => bundled },
+      );
+      const e = await functionError(withMaps.invoke('Throws', {}));
+      expect(e.errorType).toBe('DeviceNotFoundError');
+      expect(e.trace.join('\n')).toMatch(/test\/fixtures\/functions\/throws\.ts:\d+/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a bundle folder without index.mjs, naming the function', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-bundles-'));
+    try {
+      expect(() => runner([fn('Echo', 'echo-env')], [], { assetDirOf: () => dir })).toThrow(
+        /function Echo: its bundle .* has no index\.mjs/,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+interface FailureRecord {
+  version: string;
+  requestContext: {
+    requestId: string;
+    functionArn: string;
+    condition: string;
+    approximateInvokeCount: number;
+  };
+  requestPayload: unknown;
+  responseContext: { functionError: string };
+  responsePayload: { errorType: string; errorMessage: string; trace: string[] };
+}
+
+describe('LambdaRunner.invokeAsync', () => {
+  const fast = { asyncRetryDelayMs: (n: number) => n * 20 };
+
+  it('retries a failing event twice by default, then logs that it was dropped', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-async-'));
+    try {
+      const lines: string[] = [];
+      const r = runner([fn('Flaky', 'fails-until')], lines, fast);
+      const file = path.join(dir, 'attempts');
+      r.invokeAsync('Flaky', { file });
+      await r.asyncIdle();
+      expect(readFileSync(file, 'utf8')).toBe('3');
+      expect(lines.some((l) => /Flaky failed \(RetriesExhausted, 3 attempts\).*event dropped/.test(l))).toBe(
+        true,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('stops retrying once an attempt succeeds', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-async-'));
+    try {
+      const lines: string[] = [];
+      const sent: string[] = [];
+      const r = runner(
+        [
+          fn('Flaky', 'fails-until', {
+            asyncInvoke: { maximumRetryAttempts: 2, maximumEventAgeSeconds: 60, onFailureQueueName: 'q' },
+          }),
+        ],
+        lines,
+        { ...fast, sendToQueue: async (_q, body) => void sent.push(body) },
+      );
+      const file = path.join(dir, 'attempts');
+      r.invokeAsync('Flaky', { file, succeedOn: 2 });
+      await r.asyncIdle();
+      expect(readFileSync(file, 'utf8')).toBe('2');
+      expect(sent).toEqual([]);
+      expect(lines.filter((l) => l.includes('async invocation'))).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("follows the EventInvokeConfig's retry count and sends Lambda's failure record to the on-failure queue", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-async-'));
+    try {
+      const sent: { queue: string; body: string }[] = [];
+      const f = fn('Flaky', 'fails-until', {
+        asyncInvoke: {
+          maximumRetryAttempts: 1,
+          maximumEventAgeSeconds: 60,
+          onFailureQueueName: 'hub-Failures',
+        },
+      });
+      const r = runner([f], [], {
+        ...fast,
+        sendToQueue: async (queue, body) => void sent.push({ queue, body }),
+      });
+      const event = { file: path.join(dir, 'attempts') };
+      r.invokeAsync('Flaky', event);
+      await r.asyncIdle();
+      expect(readFileSync(event.file, 'utf8')).toBe('2');
+      expect(sent.map((s) => s.queue)).toEqual(['hub-Failures']);
+      const record = JSON.parse(sent[0]?.body ?? '{}') as FailureRecord;
+      expect(record.version).toBe('1.0');
+      expect(record.requestContext).toMatchObject({
+        functionArn: `${f.arn}:$LATEST`,
+        condition: 'RetriesExhausted',
+        approximateInvokeCount: 2,
+      });
+      expect(record.requestContext.requestId).toMatch(/^[0-9a-f-]{36}$/);
+      expect(record.requestPayload).toEqual(event);
+      expect(record.responseContext.functionError).toBe('Unhandled');
+      expect(record.responsePayload).toMatchObject({
+        errorType: 'TypeError',
+        errorMessage: 'attempt 2 failed',
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('gives up with EventAgeExceeded when the next retry would come after the maximum event age', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-async-'));
+    try {
+      const sent: string[] = [];
+      const r = runner(
+        [
+          fn('Flaky', 'fails-until', {
+            asyncInvoke: { maximumRetryAttempts: 2, maximumEventAgeSeconds: 60, onFailureQueueName: 'q' },
+          }),
+        ],
+        [],
+        { asyncRetryDelayMs: () => 61_000, sendToQueue: async (_q, body) => void sent.push(body) },
+      );
+      const file = path.join(dir, 'attempts');
+      r.invokeAsync('Flaky', { file });
+      await r.asyncIdle();
+      expect(readFileSync(file, 'utf8')).toBe('1');
+      const record = JSON.parse(sent[0] ?? '{}') as FailureRecord;
+      expect(record.requestContext.condition).toBe('EventAgeExceeded');
+      expect(record.requestContext.approximateInvokeCount).toBe(1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('logs, and does not throw, when the on-failure queue cannot be reached', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-async-'));
+    try {
+      const lines: string[] = [];
+      const r = runner(
+        [
+          fn('Flaky', 'fails-until', {
+            asyncInvoke: { maximumRetryAttempts: 0, maximumEventAgeSeconds: 60, onFailureQueueName: 'q' },
+          }),
+        ],
+        lines,
+        { ...fast, sendToQueue: async () => Promise.reject(new Error('queue unreachable')) },
+      );
+      r.invokeAsync('Flaky', { file: path.join(dir, 'attempts') });
+      await r.asyncIdle();
+      expect(lines.some((l) => /sending the record to q failed too.*queue unreachable/.test(l))).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a function with an on-failure queue when it has no way to send to it, and an unknown function', () => {
+    expect(() =>
+      runner([
+        fn('F', 'throws', {
+          asyncInvoke: { maximumRetryAttempts: 2, maximumEventAgeSeconds: 60, onFailureQueueName: 'q' },
+        }),
+      ]),
+    ).toThrow(/function F has an on-failure queue/);
+    expect(() => runner([fn('Echo', 'echo-env')]).invokeAsync('Nope', {})).toThrow(/no function Nope/);
+  });
+
+  it('close() drops pending retries', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-async-'));
+    try {
+      const r = runner([fn('Flaky', 'fails-until')], [], { asyncRetryDelayMs: () => 60_000 });
+      const file = path.join(dir, 'attempts');
+      r.invokeAsync('Flaky', { file });
+      await waitUntil(() => existsSync(file));
+      await r.close();
+      await r.asyncIdle();
+      expect(readFileSync(file, 'utf8')).toBe('1');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
