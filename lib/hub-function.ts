@@ -1,7 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { platform, tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Arn, AssetStaging, Duration, RemovalPolicy, Stack, Token, Validations } from 'aws-cdk-lib';
 import type * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
@@ -11,19 +10,9 @@ import * as nodejs from 'aws-cdk-lib/aws-lambda-nodejs';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
 
-/** Repository root, from which handler entries are resolved. */
-export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+import { ENTRY_METADATA_KEY, FILES_METADATA_KEY, PROJECT_ROOT } from './function-metadata.ts';
 
-/**
- * Template metadata key that records a function's handler source, relative to the project root.
- * The local hub reads it to run the same module the bundle was built from.
- */
-export const ENTRY_METADATA_KEY = 'serverless-iot-hub:entry';
-/**
- * Template metadata key that records a function's {@link HubFunctionProps.files} (`{ name: content }`).
- * The cloud bundle carries the files; the local hub, which skips bundling, writes them from here.
- */
-export const FILES_METADATA_KEY = 'serverless-iot-hub:files';
+export { ENTRY_METADATA_KEY, FILES_METADATA_KEY, PROJECT_ROOT } from './function-metadata.ts';
 
 /** A bundled file's name: a plain name in the code directory, no path. */
 const FILE_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;

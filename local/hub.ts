@@ -12,7 +12,7 @@ import {
   subscribeRefusal,
 } from '../functions/core/identity/topics.ts';
 import { DEVICE_POLICY_ENV } from '../functions/core/identity/x509-provisioning.ts';
-import { PROJECT_ROOT } from '../lib/hub-function.ts';
+import { PROJECT_ROOT } from '../lib/function-metadata.ts';
 import { type Authenticator, ConnectionRefusedError, type RunningBroker, startBroker } from './broker.ts';
 import { IotCoreBus } from './bus.ts';
 import { CheckpointStore } from './checkpoints.ts';
@@ -83,8 +83,13 @@ export const DEFAULT_PORTS: LocalHubPorts = {
 
 /** Options of {@link startLocalHub}. */
 export interface LocalHubOptions {
-  /** The synthesized stack to run (see `synthHubTemplate`). */
+  /** The synthesized stack to run (see `loadHubAssembly` in `local/assembly.ts`). */
   readonly template: CfnTemplate;
+  /**
+   * A function's bundle folder from the cloud assembly (`HubAssembly.assetDirOf`).
+   * @default none: every function runs from its source through tsx
+   */
+  readonly assetDirOf?: (logicalId: string) => string | undefined;
   /** Everything the hub keeps lives here; a restart on the same directory loses nothing. */
   readonly dataDir: string;
   /** @default '127.0.0.1' */
@@ -264,10 +269,10 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     });
     closers.push(() => iotControlPlane.close());
 
-    const runner = new LambdaRunner(
-      model.functions,
-      PROJECT_ROOT,
-      {
+    const runner = new LambdaRunner({
+      functions: model.functions,
+      projectRoot: PROJECT_ROOT,
+      baseEnv: {
         PATH: process.env.PATH ?? '',
         AWS_REGION: LOCAL_REGION,
         AWS_ACCESS_KEY_ID: LOCAL_CREDENTIALS.accessKeyId,
@@ -285,24 +290,19 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
         POWERTOOLS_LOG_LEVEL: process.env.HUB_FUNCTION_LOG_LEVEL ?? 'WARN',
       },
       log,
-      path.join(dataDir, 'functions'),
-    );
+      codeDir: path.join(dataDir, 'functions'),
+      ...(options.assetDirOf ? { assetDirOf: options.assetDirOf } : {}),
+      sendToQueue: (queueName, body) =>
+        services.sendToQueue(model.queues.find((q) => q.name === queueName)?.arn ?? queueName, body),
+    });
     closers.push(() => runner.close());
 
     const rules = new RulesEngine(model.rules, {
       kinesis,
       dynamo: dynamoClient,
       log,
-      invokeAsync: (fn, event) => {
-        // Lambda's asynchronous invocation: two retries, then the error is logged.
-        const attempt = (n: number): void => {
-          runner.invoke(fn, event).catch((error: unknown) => {
-            if (n < 2) setTimeout(() => attempt(n + 1), 1000 * (n + 1));
-            else log(`async invoke of ${fn} failed after retries: ${String(error)}`);
-          });
-        };
-        attempt(0);
-      },
+      // Lambda's asynchronous invocation: retries and on-failure destination as the template says.
+      invokeAsync: (fn, event) => runner.invokeAsync(fn, event),
       republish: (topic, payload, qos) =>
         bus.publish({ topic, payload, qos: qos === 1 ? 1 : 0 }, asHub, { skipRules: true }),
     });
@@ -461,7 +461,12 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     };
     writeFileSync(path.join(dataDir, 'endpoints.json'), `${JSON.stringify(endpoints, null, 2)}\n`);
     // Last, so the first run finds the whole hub up.
-    const schedules = startSchedules(model.schedules, (fn, event) => runner.invoke(fn, event), log);
+    // EventBridge invokes its Lambda targets asynchronously: Lambda's retries apply.
+    const schedules = startSchedules(
+      model.schedules,
+      async (fn, event) => runner.invokeAsync(fn, event),
+      log,
+    );
     closers.push(async () => schedules.stop());
     return { endpoints, model, broker: runningBroker, close };
   } catch (error) {

@@ -1,172 +1,450 @@
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import type { LocalFunction } from './template.ts';
+import { DEFAULT_ASYNC_INVOKE, type LocalFunction } from './template.ts';
 
 /** A function invocation that failed: the handler threw, timed out, or its module did not load. */
 export class FunctionError extends Error {
   constructor(
     readonly functionName: string,
     readonly errorType: string,
-    message: string,
+    /** The error's own message, without the function name and type. */
+    readonly errorMessage: string,
+    /** The handler's stack trace, when it threw (source-mapped when the template enables source maps). */
+    readonly trace: readonly string[] = [],
   ) {
-    super(`${functionName}: ${errorType}: ${message}`);
+    super(`${functionName}: ${errorType}: ${errorMessage}`);
     this.name = 'FunctionError';
   }
 }
 
-interface Pending {
+/** The Lambda "environments per function" when the template sets no `ReservedConcurrentExecutions`. */
+export const DEFAULT_LOCAL_CONCURRENCY = 4;
+
+/** How a function's code is loaded in its environments. */
+type Code =
+  /** The bundle `cdk synth` built: `index.mjs` in the asset directory, which is `LAMBDA_TASK_ROOT`. */
+  | { readonly mode: 'bundle'; readonly moduleUrl: string; readonly taskRoot: string }
+  /** Fallback for a template synthesized without bundling: the TypeScript source through tsx. */
+  | { readonly mode: 'source'; readonly moduleUrl: string; readonly taskRoot?: string };
+
+interface WorkerError {
+  name: string;
+  message: string;
+  stack?: string;
+}
+type WorkerMessage =
+  | { type: 'ready' }
+  | { type: 'init-error'; error: WorkerError }
+  | { type: 'result'; id: number; result?: unknown; error?: WorkerError };
+
+interface Current {
+  readonly id: number;
   resolve(value: unknown): void;
   reject(error: Error): void;
-  timer: NodeJS.Timeout;
+  timer?: NodeJS.Timeout;
 }
 
-/** One function's execution environment. Replaced after a crash or timeout, as Lambda does. */
+/**
+ * One execution environment of a function: one worker thread that runs one invocation at a time,
+ * as a Lambda environment does. It is discarded (never reused) after its module failed to load,
+ * its thread ended, an invocation timed out, or the runner closed.
+ */
 class Environment {
-  private worker: Worker | undefined;
-  private ready: Promise<void> | undefined;
-  private readonly pending = new Map<number, Pending>();
+  private readonly worker: Worker;
+  private readonly ready: Promise<void>;
+  private current: Current | undefined;
   private nextId = 0;
+  /** True once this environment must not run anything again. */
+  dead = false;
 
   constructor(
     private readonly fn: LocalFunction,
-    private readonly projectRoot: string,
-    private readonly baseEnv: Record<string, string>,
+    code: Code,
+    env: Record<string, string>,
     private readonly log: (line: string) => void,
-  ) {}
-
-  private start(): Promise<void> {
-    if (this.ready) return this.ready;
+  ) {
     const worker = new Worker(new URL('./lambda-worker.mjs', import.meta.url), {
-      env: {
-        ...this.baseEnv,
-        ...this.fn.environment,
-        AWS_LAMBDA_FUNCTION_NAME: this.fn.name,
-        AWS_LAMBDA_FUNCTION_TIMEOUT: String(this.fn.timeoutSeconds),
-        POWERTOOLS_SERVICE_NAME: this.fn.logicalId,
-      },
+      env,
       workerData: {
-        entryUrl: pathToFileURL(path.join(this.projectRoot, this.fn.entry)).href,
-        functionName: this.fn.name,
-        timeoutMs: this.fn.timeoutSeconds * 1000,
+        mode: code.mode,
+        moduleUrl: code.moduleUrl,
+        functionName: fn.name,
+        timeoutMs: fn.timeoutSeconds * 1000,
+        sourceMaps: /(^|\s)--enable-source-maps(\s|$)/.test(env.NODE_OPTIONS ?? ''),
       },
       stdout: false,
       stderr: false,
     });
     this.worker = worker;
     this.ready = new Promise<void>((resolve, reject) => {
-      worker.on(
-        'message',
-        (msg: { type: string; id?: number; result?: unknown; error?: { name: string; message: string } }) => {
-          if (msg.type === 'ready') return resolve();
-          if (msg.type === 'init-error') {
-            const e = new FunctionError(this.fn.name, 'Runtime.ImportModuleError', msg.error?.message ?? '');
-            this.reset(e);
-            return reject(e);
-          }
-          const pending = msg.id === undefined ? undefined : this.pending.get(msg.id);
-          if (!pending || msg.id === undefined) return;
-          this.pending.delete(msg.id);
-          clearTimeout(pending.timer);
-          if (msg.error) pending.reject(new FunctionError(this.fn.name, msg.error.name, msg.error.message));
-          else pending.resolve(msg.result);
-        },
-      );
+      worker.on('message', (msg: WorkerMessage) => {
+        if (msg.type === 'ready') return resolve();
+        if (msg.type === 'init-error') {
+          const e = this.error('Runtime.ImportModuleError', msg.error);
+          this.discard(e);
+          return reject(e);
+        }
+        const current = this.current;
+        if (!current || current.id !== msg.id) return;
+        this.finish();
+        if (msg.error) current.reject(this.error(msg.error.name, msg.error));
+        else current.resolve(msg.result);
+      });
       worker.on('error', (error) => {
-        const e = new FunctionError(this.fn.name, 'Runtime.ExitError', error.message);
+        const e = this.error('Runtime.ExitError', error);
+        this.discard(e);
         reject(e);
-        this.reset(e);
       });
       worker.on('exit', (code) => {
-        if (this.worker === worker)
-          this.reset(new FunctionError(this.fn.name, 'Runtime.ExitError', `exit ${code}`));
+        const e = new FunctionError(fn.name, 'Runtime.ExitError', `exit ${code}`);
+        this.discard(e);
+        reject(e);
       });
     });
-    return this.ready;
+    // A load failure is reported to the invocation that waits for it; never unhandled.
+    this.ready.catch(() => {});
   }
 
-  private reset(error: Error): void {
-    const worker = this.worker;
-    this.worker = undefined;
-    this.ready = undefined;
-    for (const p of this.pending.values()) {
-      clearTimeout(p.timer);
-      p.reject(error);
-    }
-    this.pending.clear();
-    void worker?.terminate();
+  private error(errorType: string, error: WorkerError | Error): FunctionError {
+    return new FunctionError(this.fn.name, errorType, error.message, error.stack?.split('\n') ?? []);
   }
 
+  private finish(): void {
+    if (this.current?.timer) clearTimeout(this.current.timer);
+    this.current = undefined;
+  }
+
+  /** Ends the environment; the invocation it runs, if any, fails with `error` at once. */
+  discard(error: Error): void {
+    const current = this.current;
+    this.finish();
+    current?.reject(error);
+    if (this.dead) return;
+    this.dead = true;
+    void this.worker.terminate();
+  }
+
+  /** Runs one invocation; the caller sends the next only after this one settled. */
   async invoke(event: unknown): Promise<unknown> {
-    await this.start();
-    const worker = this.worker;
-    if (!worker) throw new FunctionError(this.fn.name, 'Runtime.ExitError', 'environment went away');
+    await this.ready;
+    if (this.dead) throw new FunctionError(this.fn.name, 'Runtime.ExitError', 'environment went away');
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        // Only the environment this invocation ran in is replaced, never a newer one.
-        if (this.worker !== worker) return;
+      const current: Current = { id, resolve, reject };
+      this.current = current;
+      current.timer = setTimeout(() => {
+        if (this.current !== current) return;
         this.log(
           `function ${this.fn.logicalId} timed out after ${this.fn.timeoutSeconds}s; environment replaced`,
         );
-        this.reset(
+        this.discard(
           new FunctionError(this.fn.name, 'Sandbox.Timedout', `timed out after ${this.fn.timeoutSeconds}s`),
         );
       }, this.fn.timeoutSeconds * 1000);
-      this.pending.set(id, { resolve, reject, timer });
-      worker.postMessage({ id, event });
+      this.worker.postMessage({ id, event });
     });
   }
 
   async close(): Promise<void> {
-    const worker = this.worker;
-    this.reset(new FunctionError(this.fn.name, 'Runtime.ExitError', 'the local hub is shutting down'));
-    await worker?.terminate();
+    this.discard(new FunctionError(this.fn.name, 'Runtime.ExitError', 'the local hub is shutting down'));
+    await this.worker.terminate();
   }
 }
 
 /**
- * Runs the stack's Lambda functions in-process, each in worker threads of its own with the
- * environment the template gives it plus the SDK endpoint variables of the local hub.
+ * The environments of one function: an idle one is reused (the most recently used first, which is
+ * the warmest); a new one starts while fewer than `limit` run; beyond that an invocation waits for
+ * one to be free. (Lambda throttles a synchronous invocation beyond the limit; locally it queues, so
+ * a burst of service calls slows down instead of failing.)
  */
-export class LambdaRunner {
-  private readonly environments = new Map<string, Environment>();
+class FunctionPool {
+  private readonly idle: Environment[] = [];
+  private readonly busy = new Set<Environment>();
+  private readonly waiting: { resolve(env: Environment): void; reject(error: Error): void }[] = [];
 
-  /**
-   * @param codeDir where each function's bundled files (`LocalFunction.files`) are written, in a
-   * folder per function that becomes its `LAMBDA_TASK_ROOT`, as the bundle's folder is in Lambda.
-   * @default no files and no `LAMBDA_TASK_ROOT`
-   */
   constructor(
-    functions: readonly LocalFunction[],
-    projectRoot: string,
-    baseEnv: Record<string, string>,
-    log: (line: string) => void,
-    codeDir?: string,
-  ) {
-    for (const fn of functions) {
-      let env = baseEnv;
-      if (codeDir !== undefined) {
-        const root = path.join(codeDir, fn.logicalId);
-        // Written afresh at every start: the files belong to this template, not to an earlier one.
-        rmSync(root, { recursive: true, force: true });
-        mkdirSync(root, { recursive: true });
-        for (const [name, content] of Object.entries(fn.files)) writeFileSync(path.join(root, name), content);
-        env = { ...baseEnv, LAMBDA_TASK_ROOT: root };
-      }
-      this.environments.set(fn.logicalId, new Environment(fn, projectRoot, env, log));
+    readonly fn: LocalFunction,
+    private readonly limit: number,
+    private readonly create: () => Environment,
+  ) {}
+
+  async invoke(event: unknown): Promise<unknown> {
+    const env = await this.acquire();
+    try {
+      return await env.invoke(event);
+    } finally {
+      this.release(env);
     }
   }
 
-  /** Invokes a function synchronously (RequestResponse) and returns its result. */
-  invoke(logicalId: string, event: unknown): Promise<unknown> {
-    const env = this.environments.get(logicalId);
-    if (!env) return Promise.reject(new Error(`no function ${logicalId} in the template`));
-    return env.invoke(event);
+  private acquire(): Promise<Environment> {
+    const idle = this.idle.pop();
+    if (idle) {
+      this.busy.add(idle);
+      return Promise.resolve(idle);
+    }
+    if (this.busy.size < this.limit) {
+      const env = this.create();
+      this.busy.add(env);
+      return Promise.resolve(env);
+    }
+    return new Promise((resolve, reject) => this.waiting.push({ resolve, reject }));
+  }
+
+  private release(env: Environment): void {
+    if (!this.busy.delete(env)) return;
+    const next = this.waiting.shift();
+    if (!next) {
+      if (!env.dead) this.idle.push(env);
+      return;
+    }
+    // A dead environment (timeout, crash, load failure) is replaced for the next invocation.
+    const successor = env.dead ? this.create() : env;
+    this.busy.add(successor);
+    next.resolve(successor);
+  }
+
+  /** How many environments exist (idle and busy). */
+  get size(): number {
+    return this.idle.length + this.busy.size;
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.environments.values()].map((e) => e.close()));
+    const error = new FunctionError(this.fn.name, 'Runtime.ExitError', 'the local hub is shutting down');
+    for (const w of this.waiting.splice(0)) w.reject(error);
+    const all = [...this.idle.splice(0), ...this.busy];
+    this.busy.clear();
+    await Promise.all(all.map((e) => e.close()));
+  }
+}
+
+/** Options of {@link LambdaRunner}. */
+export interface LambdaRunnerOptions {
+  readonly functions: readonly LocalFunction[];
+  /** Root against which a function's `entry` (its source) is resolved. */
+  readonly projectRoot: string;
+  /** Variables every function sees besides its own (SDK endpoints, credentials, region). */
+  readonly baseEnv: Record<string, string>;
+  readonly log: (line: string) => void;
+  /**
+   * The directory of a function's bundle (the cloud assembly's asset, with `index.mjs` and the
+   * bundled files), or undefined when there is none: then its source runs through tsx.
+   * @default no bundles: every function runs from source
+   */
+  readonly assetDirOf?: (logicalId: string) => string | undefined;
+  /**
+   * For functions run from source: where each one's bundled files (`LocalFunction.files`) are
+   * written, in a folder per function that becomes its `LAMBDA_TASK_ROOT`, as the bundle's folder
+   * is in Lambda. @default no files and no `LAMBDA_TASK_ROOT`
+   */
+  readonly codeDir?: string;
+  /** Environments per function when the template sets no `ReservedConcurrentExecutions`. @default 4 */
+  readonly defaultConcurrency?: number;
+  /**
+   * Sends an asynchronous invocation's failure record to the function's on-failure SQS queue
+   * (`EventInvokeConfig.DestinationConfig.OnFailure`), by the queue's local name.
+   * @default none: a function with an on-failure queue is refused
+   */
+  readonly sendToQueue?: (queueName: string, body: string) => Promise<void>;
+  /**
+   * Delay before retry `n` (1, 2) of a failed asynchronous invocation. Lambda waits about one and
+   * then two minutes; locally seconds, so that a retry is seen while one watches.
+   * @default n => n * 1000
+   */
+  readonly asyncRetryDelayMs?: (retry: number) => number;
+}
+
+/**
+ * The local Lambda service: runs the stack's functions in worker threads, each invocation in an
+ * environment of its own function (up to its concurrency limit), with the environment the template
+ * gives the function plus the SDK endpoint variables of the local hub. It runs the bundles
+ * `cdk synth` produced when the template comes with them, else the sources (see
+ * {@link LambdaRunnerOptions.assetDirOf}), and does asynchronous invocations with Lambda's retries
+ * and on-failure destination ({@link invokeAsync}).
+ */
+export class LambdaRunner {
+  private readonly pools = new Map<string, FunctionPool>();
+  private readonly retryTimers = new Set<NodeJS.Timeout>();
+  private readonly log: (line: string) => void;
+  private readonly sendToQueue: ((queueName: string, body: string) => Promise<void>) | undefined;
+  private readonly retryDelayMs: (retry: number) => number;
+  private readonly inFlightAsync = new Set<Promise<void>>();
+  private closed = false;
+
+  constructor(options: LambdaRunnerOptions) {
+    this.log = options.log;
+    this.sendToQueue = options.sendToQueue;
+    this.retryDelayMs = options.asyncRetryDelayMs ?? ((n) => n * 1000);
+    const defaultConcurrency = options.defaultConcurrency ?? DEFAULT_LOCAL_CONCURRENCY;
+    if (!Number.isInteger(defaultConcurrency) || defaultConcurrency < 1) {
+      throw new Error(`defaultConcurrency must be a positive integer, got ${defaultConcurrency}`);
+    }
+    for (const fn of options.functions) {
+      if (fn.asyncInvoke?.onFailureQueueName !== undefined && !options.sendToQueue) {
+        throw new Error(
+          `function ${fn.logicalId} has an on-failure queue, but the runner got no sendToQueue`,
+        );
+      }
+      const code = this.codeOf(fn, options);
+      const env: Record<string, string> = {
+        ...options.baseEnv,
+        ...fn.environment,
+        AWS_LAMBDA_FUNCTION_NAME: fn.name,
+        AWS_LAMBDA_FUNCTION_TIMEOUT: String(fn.timeoutSeconds),
+        POWERTOOLS_SERVICE_NAME: fn.logicalId,
+        ...(code.taskRoot === undefined ? {} : { LAMBDA_TASK_ROOT: code.taskRoot }),
+      };
+      const limit = fn.reservedConcurrency ?? defaultConcurrency;
+      this.pools.set(
+        fn.logicalId,
+        new FunctionPool(fn, limit, () => new Environment(fn, code, env, this.log)),
+      );
+    }
+  }
+
+  private codeOf(fn: LocalFunction, options: LambdaRunnerOptions): Code {
+    const assetDir = options.assetDirOf?.(fn.logicalId);
+    if (assetDir !== undefined) {
+      const index = path.join(assetDir, 'index.mjs');
+      if (!existsSync(index)) {
+        throw new Error(`function ${fn.logicalId}: its bundle ${assetDir} has no index.mjs`);
+      }
+      return { mode: 'bundle', moduleUrl: pathToFileURL(index).href, taskRoot: assetDir };
+    }
+    const moduleUrl = pathToFileURL(path.join(options.projectRoot, fn.entry)).href;
+    if (options.codeDir === undefined) return { mode: 'source', moduleUrl };
+    const root = path.join(options.codeDir, fn.logicalId);
+    // Written afresh at every start: the files belong to this template, not to an earlier one.
+    rmSync(root, { recursive: true, force: true });
+    mkdirSync(root, { recursive: true });
+    for (const [name, content] of Object.entries(fn.files)) writeFileSync(path.join(root, name), content);
+    return { mode: 'source', moduleUrl, taskRoot: root };
+  }
+
+  private pool(logicalId: string): FunctionPool {
+    const pool = this.pools.get(logicalId);
+    if (!pool) throw new Error(`no function ${logicalId} in the template`);
+    return pool;
+  }
+
+  /** Invokes a function synchronously (`RequestResponse`) and returns its result. */
+  invoke(logicalId: string, event: unknown): Promise<unknown> {
+    try {
+      return this.pool(logicalId).invoke(event);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /** How many environments a function has now (idle and busy). */
+  environmentCount(logicalId: string): number {
+    return this.pool(logicalId).size;
+  }
+
+  /**
+   * Invokes a function asynchronously (`InvocationType: Event`, as IoT rule Lambda actions and
+   * EventBridge targets do) and returns at once. A failed invocation is retried as the function's
+   * EventInvokeConfig says (Lambda's default: twice, with backoff) while the event is younger than
+   * its maximum age; then Lambda's invocation record goes to the on-failure queue, if there is one,
+   * else a log line says the event was dropped.
+   */
+  invokeAsync(logicalId: string, event: unknown): void {
+    const pool = this.pool(logicalId);
+    const fn = pool.fn;
+    const config = fn.asyncInvoke ?? DEFAULT_ASYNC_INVOKE;
+    const requestId = randomUUID();
+    const queuedAt = Date.now();
+    const attempt = (count: number): void => {
+      if (this.closed) return;
+      const run = pool.invoke(event).then(
+        () => undefined,
+        (error: unknown) => {
+          if (this.closed) return;
+          const delay = this.retryDelayMs(count);
+          if (count <= config.maximumRetryAttempts) {
+            if (Date.now() + delay - queuedAt <= config.maximumEventAgeSeconds * 1000) {
+              const timer = setTimeout(() => {
+                this.retryTimers.delete(timer);
+                attempt(count + 1);
+              }, delay);
+              this.retryTimers.add(timer);
+              return;
+            }
+            return this.failAsync(fn, requestId, event, 'EventAgeExceeded', count, error);
+          }
+          return this.failAsync(fn, requestId, event, 'RetriesExhausted', count, error);
+        },
+      );
+      this.inFlightAsync.add(run);
+      void run.finally(() => this.inFlightAsync.delete(run));
+    };
+    attempt(1);
+  }
+
+  private async failAsync(
+    fn: LocalFunction,
+    requestId: string,
+    event: unknown,
+    condition: 'RetriesExhausted' | 'EventAgeExceeded',
+    invokeCount: number,
+    error: unknown,
+  ): Promise<void> {
+    const queue = fn.asyncInvoke?.onFailureQueueName;
+    const what = `async invocation ${requestId} of ${fn.logicalId} failed (${condition}, ${invokeCount} attempts): ${String(error)}`;
+    if (queue === undefined || !this.sendToQueue) {
+      this.log(`${what}; no on-failure destination, event dropped`);
+      return;
+    }
+    const e = error instanceof FunctionError ? error : undefined;
+    // The record Lambda sends to an on-failure destination of an asynchronous invocation.
+    const record = {
+      version: '1.0',
+      timestamp: new Date().toISOString(),
+      requestContext: {
+        requestId,
+        functionArn: `${fn.arn}:$LATEST`,
+        condition,
+        approximateInvokeCount: invokeCount,
+      },
+      requestPayload: event,
+      responseContext: { statusCode: 200, executedVersion: '$LATEST', functionError: 'Unhandled' },
+      responsePayload: {
+        errorType: e?.errorType ?? 'Error',
+        errorMessage: e?.errorMessage ?? String(error),
+        trace: e?.trace ?? [],
+      },
+    };
+    try {
+      await this.sendToQueue(queue, JSON.stringify(record));
+      this.log(`${what}; record sent to ${queue}`);
+    } catch (sendError) {
+      this.log(`${what}; sending the record to ${queue} failed too, event dropped: ${String(sendError)}`);
+    }
+  }
+
+  /**
+   * Waits until no asynchronous invocation is running or waiting for a retry (tests use it to
+   * know the on-failure record was sent).
+   */
+  async asyncIdle(): Promise<void> {
+    while (this.inFlightAsync.size > 0 || this.retryTimers.size > 0) {
+      if (this.inFlightAsync.size > 0) await Promise.allSettled([...this.inFlightAsync]);
+      else await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  /**
+   * Ends every environment (invocations in flight fail at once) and drops pending async retries.
+   * The runner may be used again afterwards: new environments start.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const timer of this.retryTimers) clearTimeout(timer);
+    this.retryTimers.clear();
+    await Promise.all([...this.pools.values()].map((p) => p.close()));
+    this.closed = false;
   }
 }

@@ -2,10 +2,9 @@ import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseHubConfig } from '../lib/config.ts';
-import { PROJECT_ROOT } from '../lib/hub-function.ts';
+import { PROJECT_ROOT } from '../lib/function-metadata.ts';
+import { loadHubAssembly } from './assembly.ts';
 import { DEFAULT_PORTS, type LocalHubPorts, startLocalHub } from './hub.ts';
-import { synthHubTemplate } from './synth.ts';
-import type { CfnTemplate } from './template.ts';
 
 // `npm start`: the local hub's entry point. Like bin/app.ts it is an edge, so it is where
 // arguments, environment variables and cdk.json are read.
@@ -31,7 +30,8 @@ Starts the local hub: MQTT front door, DynamoDB and Kinesis emulators, rules, fu
   --http-publish-port N D2C over HTTP, POST /topics/{topic} (default ${DEFAULT_PORTS.httpPublish})
   --aws-services-url U  use this running SQS/SNS/S3 emulator (e.g. npx fauxqs) instead of the
                         hub's own, whose contents are in memory (env HUB_AWS_SERVICES_URL)
-  --template FILE       run this synthesized template instead of synthesizing the stack
+  --template FILE       run this synthesized template (with its bundles when it is in a
+                        cloud assembly such as cdk.out) instead of the cached assembly
   --json                print one JSON line {"event":"ready",...} instead of the banner
   -h, --help            this text
 `;
@@ -80,14 +80,20 @@ const cdkJson = JSON.parse(readFileSync(path.join(PROJECT_ROOT, 'cdk.json'), 'ut
 };
 const config = parseHubConfig(cdkJson.context?.hub);
 const started = Date.now();
-const template: CfnTemplate = values.template
-  ? (JSON.parse(readFileSync(values.template, 'utf8')) as CfnTemplate)
-  : synthHubTemplate(config, cdkJson.context);
+// The synthesized stack with its function bundles: from the cache unless bin/, lib/, functions/,
+// the configuration or package-lock.json changed since it was made.
+const assembly = await loadHubAssembly({
+  config,
+  context: cdkJson.context ?? {},
+  ...(values.template ? { templateFile: values.template } : {}),
+  onProgress: (line) => process.stderr.write(`${line}\n`),
+});
 const dataDir = values['data-dir'] ?? process.env.HUB_DATA_DIR ?? '.hub-data';
 const awsServicesUrl = values['aws-services-url'] ?? process.env.HUB_AWS_SERVICES_URL;
 
 const hub = await startLocalHub({
-  template,
+  template: assembly.template,
+  assetDirOf: assembly.assetDirOf,
   dataDir,
   maxMessageBytes: config.maxMessageBytes,
   ...(values.host ? { host: values.host } : {}),

@@ -8,7 +8,8 @@ import type { CfnTemplate } from './template.ts';
 
 /**
  * Synthesizes the hub stack in-process, exactly as `cdk synth` does (same `buildHub`, same
- * cdk-nag checks) but without bundling the functions: the local hub runs their sources.
+ * cdk-nag checks) but without bundling the functions: a quick template for tests that read it.
+ * The local hub runs the bundles instead (see `loadHubAssembly` in `local/assembly.ts`).
  */
 export function synthHubTemplate(config: HubConfig, context: Record<string, unknown> = {}): CfnTemplate {
   const outdir = mkdtempSync(path.join(tmpdir(), 'hub-synth-'));
@@ -20,4 +21,15 @@ export function synthHubTemplate(config: HubConfig, context: Record<string, unkn
   } finally {
     rmSync(outdir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Synthesizes the hub stack into `outdir` as `cdk synth` does, WITH bundling (NodejsFunction bundles
+ * each function with the local esbuild): a cloud assembly whose `asset.<hash>/` folders are what
+ * deploys. Loaded lazily by `local/assembly.ts`, only when its cache misses.
+ */
+export function synthHubAssembly(config: HubConfig, context: Record<string, unknown>, outdir: string): void {
+  const app = new App({ outdir, context });
+  buildHub(app, config);
+  app.synth();
 }

@@ -5,7 +5,7 @@
  * local physical names, so the environment a handler sees here has the same shape as in Lambda.
  */
 
-import { ENTRY_METADATA_KEY, FILES_METADATA_KEY } from '../lib/hub-function.ts';
+import { ENTRY_METADATA_KEY, FILES_METADATA_KEY } from '../lib/function-metadata.ts';
 
 const REGION = 'us-east-1';
 const ACCOUNT = '000000000000';
@@ -86,7 +86,31 @@ export interface LocalFunction {
   readonly timeoutSeconds: number;
   /** Files bundled next to the handler (`HubFunction`'s `files`), by name. */
   readonly files: Readonly<Record<string, string>>;
+  /**
+   * `ReservedConcurrentExecutions`: at most this many environments run the function at once.
+   * @default the local runner's default
+   */
+  readonly reservedConcurrency?: number;
+  /**
+   * How Lambda treats an asynchronous (`Event`) invocation that fails, from the function's
+   * `AWS::Lambda::EventInvokeConfig`. @default Lambda's defaults (see {@link DEFAULT_ASYNC_INVOKE})
+   */
+  readonly asyncInvoke?: LocalAsyncInvokeConfig;
 }
+/** A function's `AWS::Lambda::EventInvokeConfig`: retries and on-failure destination of async invocations. */
+export interface LocalAsyncInvokeConfig {
+  /** Retries after the first attempt (0 to 2). */
+  readonly maximumRetryAttempts: number;
+  /** An event older than this is not tried again (60 to 21600). */
+  readonly maximumEventAgeSeconds: number;
+  /** SQS queue (local name) that gets the invocation record of an event that finally failed. */
+  readonly onFailureQueueName?: string;
+}
+/** What Lambda does without an EventInvokeConfig: two retries, events kept six hours, no destination. */
+export const DEFAULT_ASYNC_INVOKE: LocalAsyncInvokeConfig = {
+  maximumRetryAttempts: 2,
+  maximumEventAgeSeconds: 21_600,
+};
 /** One IoT rule action, with templates still unevaluated (`${topic(2)}`). */
 export type LocalRuleAction =
   | { readonly kind: 'kinesis'; readonly streamName: string; readonly partitionKey: string }
@@ -357,7 +381,9 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
     'AWS::Lambda::EventSourceMapping',
     'AWS::Lambda::Url',
     'AWS::Events::Rule',
+    'AWS::Lambda::EventInvokeConfig',
   ]);
+  const asyncConfigs = new Map<string, LocalAsyncInvokeConfig>();
   for (const [id, r] of Object.entries(resources)) {
     if (!RUN.has(r.Type)) continue;
     const props = (resolve(r.Properties ?? {}, id) ?? {}) as Record<string, unknown>;
@@ -412,7 +438,16 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
           environment: Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])),
           timeoutSeconds: typeof props.Timeout === 'number' ? props.Timeout : 3,
           files: Object.fromEntries(Object.entries(files).map(([k, v]) => [k, String(v)])),
+          ...reservedConcurrency(props.ReservedConcurrentExecutions, id),
         });
+        break;
+      }
+      case 'AWS::Lambda::EventInvokeConfig': {
+        const functionId = functionIdOf(props.FunctionName, id);
+        if (asyncConfigs.has(functionId)) {
+          throw new UnsupportedTemplateError(id, `a second EventInvokeConfig for ${functionId}`);
+        }
+        asyncConfigs.set(functionId, asyncInvokeConfig(props, id));
         break;
       }
       case 'AWS::IoT::TopicRule': {
@@ -474,7 +509,52 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
       }
     }
   }
+  // An EventInvokeConfig may come before or after its function in the template.
+  model.functions = model.functions.map((fn) => {
+    const asyncInvoke = asyncConfigs.get(fn.logicalId);
+    return asyncInvoke ? { ...fn, asyncInvoke } : fn;
+  });
   return model;
+
+  function asyncInvokeConfig(props: Record<string, unknown>, where: string): LocalAsyncInvokeConfig {
+    const number = (key: string, min: number, max: number, fallback: number): number => {
+      const value = props[key];
+      if (value === undefined) return fallback;
+      if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+        throw new UnsupportedTemplateError(
+          where,
+          `${key} must be an integer from ${min} to ${max}, got ${String(value)}`,
+        );
+      }
+      return value;
+    };
+    const destination = (props.DestinationConfig as { OnFailure?: { Destination?: unknown } } | undefined)
+      ?.OnFailure?.Destination;
+    let onFailureQueueName: string | undefined;
+    if (destination !== undefined) {
+      const targetId = byArn(destination, where);
+      if (resources[targetId]?.Type !== 'AWS::SQS::Queue') {
+        throw new UnsupportedTemplateError(
+          where,
+          `on-failure destination ${targetId} is a ${resources[targetId]?.Type}; only SQS queues are emulated`,
+        );
+      }
+      onFailureQueueName = names.get(targetId) ?? targetId;
+    }
+    if ((props.DestinationConfig as { OnSuccess?: unknown } | undefined)?.OnSuccess !== undefined) {
+      throw new UnsupportedTemplateError(where, 'on-success destinations are not emulated');
+    }
+    return {
+      maximumRetryAttempts: number('MaximumRetryAttempts', 0, 2, DEFAULT_ASYNC_INVOKE.maximumRetryAttempts),
+      maximumEventAgeSeconds: number(
+        'MaximumEventAgeInSeconds',
+        60,
+        21_600,
+        DEFAULT_ASYNC_INVOKE.maximumEventAgeSeconds,
+      ),
+      ...(onFailureQueueName === undefined ? {} : { onFailureQueueName }),
+    };
+  }
 
   function ruleAction(action: Record<string, unknown>, where: string): LocalRuleAction {
     const [kind] = Object.keys(action);
@@ -505,6 +585,18 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
         throw new UnsupportedTemplateError(where, `IoT rule action '${kind}' is not emulated`);
     }
   }
+}
+
+/** `ReservedConcurrentExecutions` as a {@link LocalFunction} field; 0 (a disabled function) is refused. */
+function reservedConcurrency(value: unknown, where: string): { reservedConcurrency?: number } {
+  if (value === undefined) return {};
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
+    throw new UnsupportedTemplateError(
+      where,
+      `ReservedConcurrentExecutions must be a positive integer (0, a throttled function, is not emulated), got ${String(value)}`,
+    );
+  }
+  return { reservedConcurrency: value };
 }
 
 /** The CreateQueue attributes of an `AWS::SQS::Queue`'s (resolved) properties. */

@@ -1,9 +1,15 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { build } from 'esbuild';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PROJECT_ROOT } from '../../lib/hub-function.ts';
-import { FunctionError, LambdaRunner } from '../../local/lambda-runner.ts';
+import {
+  DEFAULT_LOCAL_CONCURRENCY,
+  FunctionError,
+  LambdaRunner,
+  type LambdaRunnerOptions,
+} from '../../local/lambda-runner.ts';
 import type { LocalFunction } from '../../local/template.ts';
 
 const BASE_ENV = { BASE_VAR: 'base', PATH: process.env.PATH ?? '' };
@@ -22,8 +28,18 @@ function fn(logicalId: string, fixture: string, extra: Partial<LocalFunction> = 
 }
 
 const runners: LambdaRunner[] = [];
-function runner(functions: LocalFunction[], lines: string[] = []): LambdaRunner {
-  const r = new LambdaRunner(functions, PROJECT_ROOT, BASE_ENV, (line) => lines.push(line));
+function runner(
+  functions: LocalFunction[],
+  lines: string[] = [],
+  options: Partial<LambdaRunnerOptions> = {},
+): LambdaRunner {
+  const r = new LambdaRunner({
+    functions,
+    projectRoot: PROJECT_ROOT,
+    baseEnv: BASE_ENV,
+    log: (line) => lines.push(line),
+    ...options,
+  });
   runners.push(r);
   return r;
 }
@@ -62,17 +78,14 @@ describe('LambdaRunner', () => {
     const codeDir = mkdtempSync(path.join(tmpdir(), 'runner-code-'));
     try {
       const big = 'x'.repeat(200_000);
-      const first = new LambdaRunner(
+      const first = runner(
         [
           fn('ReaderA', 'read-file', { files: { 'routing.json': '{"a":1}', 'big.txt': big } }),
           fn('ReaderB', 'read-file', { files: { 'routing.json': '{"b":2}' } }),
         ],
-        PROJECT_ROOT,
-        BASE_ENV,
-        () => {},
-        codeDir,
+        [],
+        { codeDir },
       );
-      runners.push(first);
       const a = (await first.invoke('ReaderA', { name: 'routing.json' })) as {
         root: string;
         content: string;
@@ -86,14 +99,9 @@ describe('LambdaRunner', () => {
       expect(((await first.invoke('ReaderA', { name: 'big.txt' })) as { content: string }).content).toBe(big);
       await first.close();
       // A later template without big.txt: the old file must not linger.
-      const second = new LambdaRunner(
-        [fn('ReaderA', 'read-file', { files: { 'routing.json': '{"a":2}' } })],
-        PROJECT_ROOT,
-        BASE_ENV,
-        () => {},
+      const second = runner([fn('ReaderA', 'read-file', { files: { 'routing.json': '{"a":2}' } })], [], {
         codeDir,
-      );
-      runners.push(second);
+      });
       expect(
         ((await second.invoke('ReaderA', { name: 'routing.json' })) as { content: string }).content,
       ).toBe('{"a":2}');
@@ -213,16 +221,24 @@ describe('LambdaRunner', () => {
     await expect(r.invoke('Nope', {})).rejects.toThrow(/no function Nope/);
   });
 
-  it('resolves concurrent invocations, each with its own result', async () => {
-    const r = runner([fn('Slow', 'slow', { timeoutSeconds: 2 }), fn('Echo', 'echo-env')]);
-    const started = Date.now();
+  it('runs concurrent invocations in environments of their own, one at a time each, up to the limit', async () => {
+    const r = runner([fn('Slow', 'slow', { timeoutSeconds: 5 }), fn('Echo', 'echo-env')]);
     const results = (await Promise.all(
       Array.from({ length: 12 }, (_, i) => r.invoke('Slow', { sleepMs: 200, tag: `t${i}` })),
     )) as SlowResult[];
     expect(results.map((x) => x.tag)).toEqual(Array.from({ length: 12 }, (_, i) => `t${i}`));
-    expect(new Set(results.map((x) => x.invocations)).size).toBe(12);
-    // They overlapped instead of queueing behind each other (12 × 200 ms).
-    expect(Date.now() - started).toBeLessThan(2000);
+    // At most the default limit of environments, each used one invocation after the other: an
+    // environment's invocation counts are 1, 2, 3, ... (two at once would share a count's neighbour).
+    const threads = new Set(results.map((x) => x.threadId));
+    expect(threads.size).toBe(DEFAULT_LOCAL_CONCURRENCY);
+    expect(r.environmentCount('Slow')).toBe(DEFAULT_LOCAL_CONCURRENCY);
+    for (const thread of threads) {
+      const counts = results
+        .filter((x) => x.threadId === thread)
+        .map((x) => x.invocations)
+        .sort((a, b) => a - b);
+      expect(counts).toEqual(counts.map((_, i) => i + 1));
+    }
 
     const mixed = await Promise.all([
       r.invoke('Echo', { i: 1 }),
@@ -232,6 +248,33 @@ describe('LambdaRunner', () => {
     expect((mixed[0] as EchoResult).event).toEqual({ i: 1 });
     expect((mixed[1] as SlowResult).tag).toBe('x');
     expect((mixed[2] as EchoResult).event).toEqual({ i: 2 });
+    // A warm environment was reused, not a new one started.
+    expect(threads.has((mixed[1] as SlowResult).threadId)).toBe(true);
+  });
+
+  it("honours the template's ReservedConcurrentExecutions and reuses an idle environment", async () => {
+    const r = runner([fn('Slow', 'slow', { timeoutSeconds: 5, reservedConcurrency: 2 })]);
+    const first = (await r.invoke('Slow', { sleepMs: 0 })) as SlowResult;
+    const second = (await r.invoke('Slow', { sleepMs: 0 })) as SlowResult;
+    expect(second.threadId).toBe(first.threadId);
+    expect(second.invocations).toBe(2);
+    expect(r.environmentCount('Slow')).toBe(1);
+    const burst = (await Promise.all(
+      Array.from({ length: 6 }, () => r.invoke('Slow', { sleepMs: 50 })),
+    )) as SlowResult[];
+    expect(new Set(burst.map((x) => x.threadId)).size).toBe(2);
+    expect(r.environmentCount('Slow')).toBe(2);
+  });
+
+  it('a timed-out environment is replaced for the invocation waiting for one', async () => {
+    const r = runner([fn('Slow', 'slow', { timeoutSeconds: 1, reservedConcurrency: 1 })]);
+    const [timedOut, next] = await Promise.allSettled([
+      r.invoke('Slow', { sleepMs: 10_000 }),
+      r.invoke('Slow', { sleepMs: 0, tag: 'next' }),
+    ]);
+    expect(timedOut.status).toBe('rejected');
+    expect(((timedOut as PromiseRejectedResult).reason as FunctionError).errorType).toBe('Sandbox.Timedout');
+    expect(next.status === 'fulfilled' && (next.value as SlowResult).invocations).toBe(1);
   });
 
   it('close() terminates the workers', async () => {
@@ -257,11 +300,7 @@ describe('LambdaRunner', () => {
     }
   });
 
-  // BUG (local/lambda-runner.ts, Environment.close, lines 117-122): close() terminates the worker and
-  // clears `this.worker` but leaves `pending` and its timers alone; the worker's 'exit' handler then
-  // ignores the exit (`this.worker === worker` is false). An invocation in flight at close() therefore
-  // hangs until its timeout and then rejects as Sandbox.Timedout (and the timer keeps the process
-  // alive for up to the function's timeout after the hub has closed).
+  // close() ends an invocation in flight at once, with its timer (it must not keep the process alive).
   it('close() rejects an invocation in flight at once', async () => {
     const r = runner([fn('Slow', 'slow', { timeoutSeconds: 2 })]);
     await r.invoke('Slow', { sleepMs: 0 });
@@ -277,9 +316,7 @@ describe('LambdaRunner', () => {
     expect(settledAfter).toBeLessThan(1000);
   });
 
-  // BUG (same cause): the stale timer of an invocation that was in flight at close() later calls
-  // reset(), which terminates whatever environment is current by then and rejects ITS invocations with
-  // Sandbox.Timedout, although they ran well under their own timeout.
+  // The timer of an invocation in flight at close() must not later end a newer environment.
   it("an invocation made after close() is not killed by an older invocation's timer", async () => {
     const r = runner([fn('Slow', 'slow', { timeoutSeconds: 2 })]);
     await r.invoke('Slow', { sleepMs: 0 });
@@ -290,6 +327,260 @@ describe('LambdaRunner', () => {
     const fresh = (await r.invoke('Slow', { sleepMs: 1500, tag: 'fresh' })) as SlowResult;
     expect(fresh.tag).toBe('fresh');
     await old;
+  });
+});
+
+/**
+ * Bundles a fixture as HubFunction's NodejsFunction does (ESM, minified, source map, the
+ * createRequire banner) into `<dir>/<logicalId>/index.mjs`, plus `files`; returns the folder.
+ */
+async function bundle(dir: string, logicalId: string, fixture: string, files: Record<string, string> = {}) {
+  const out = path.join(dir, logicalId);
+  await build({
+    entryPoints: [path.join(PROJECT_ROOT, 'test/fixtures/functions', `${fixture}.ts`)],
+    outfile: path.join(out, 'index.mjs'),
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node22',
+    minify: true,
+    sourcemap: true,
+    banner: { js: "import { createRequire } from 'module'; const require = createRequire(import.meta.url);" },
+    logLevel: 'silent',
+  });
+  for (const [name, content] of Object.entries(files)) writeFileSync(path.join(out, name), content);
+  return out;
+}
+
+describe('LambdaRunner with bundles', () => {
+  it("runs the bundle's index.mjs with its folder as LAMBDA_TASK_ROOT, the source only without one", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-bundles-'));
+    try {
+      const bundled = await bundle(dir, 'Reader', 'read-file', { 'routing.json': '{"bundled":true}' });
+      const codeDir = path.join(dir, 'code');
+      const r = runner(
+        [
+          fn('Reader', 'read-file', { files: { 'routing.json': '{"from":"metadata"}' } }),
+          fn('SourceReader', 'read-file', { files: { 'routing.json': '{"from":"source"}' } }),
+        ],
+        [],
+        { assetDirOf: (id) => (id === 'Reader' ? bundled : undefined), codeDir },
+      );
+      expect(await r.invoke('Reader', { name: 'routing.json' })).toEqual({
+        root: bundled,
+        content: '{"bundled":true}',
+      });
+      // The bundle's folder holds its files: nothing is written for it.
+      expect(existsSync(path.join(codeDir, 'Reader'))).toBe(false);
+      expect(await r.invoke('SourceReader', { name: 'routing.json' })).toEqual({
+        root: path.join(codeDir, 'SourceReader'),
+        content: '{"from":"source"}',
+      });
+      // What runs is the bundle, not the source: a bundle that differs from its source shows it.
+      writeFileSync(path.join(bundled, 'index.mjs'), 'export const handler = async () => "the bundle";\n');
+      const fresh = runner([fn('Reader', 'read-file')], [], { assetDirOf: () => bundled });
+      expect(await fresh.invoke('Reader', {})).toBe('the bundle');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("maps a bundle's stack trace to the TypeScript source when the template enables source maps", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-bundles-'));
+    try {
+      const bundled = await bundle(dir, 'Throws', 'throws');
+      const withMaps = runner(
+        [fn('Throws', 'throws', { environment: { NODE_OPTIONS: '--enable-source-maps' } })],
+        [],
+        { assetDirOf: () => bundled },
+      );
+      const e = await functionError(withMaps.invoke('Throws', {}));
+      expect(e.errorType).toBe('DeviceNotFoundError');
+      expect(e.trace.join('\n')).toMatch(/test\/fixtures\/functions\/throws\.ts:\d+/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a bundle folder without index.mjs, naming the function', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-bundles-'));
+    try {
+      expect(() => runner([fn('Echo', 'echo-env')], [], { assetDirOf: () => dir })).toThrow(
+        /function Echo: its bundle .* has no index\.mjs/,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+interface FailureRecord {
+  version: string;
+  requestContext: {
+    requestId: string;
+    functionArn: string;
+    condition: string;
+    approximateInvokeCount: number;
+  };
+  requestPayload: unknown;
+  responseContext: { functionError: string };
+  responsePayload: { errorType: string; errorMessage: string; trace: string[] };
+}
+
+describe('LambdaRunner.invokeAsync', () => {
+  const fast = { asyncRetryDelayMs: (n: number) => n * 20 };
+
+  it('retries a failing event twice by default, then logs that it was dropped', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-async-'));
+    try {
+      const lines: string[] = [];
+      const r = runner([fn('Flaky', 'fails-until')], lines, fast);
+      const file = path.join(dir, 'attempts');
+      r.invokeAsync('Flaky', { file });
+      await r.asyncIdle();
+      expect(readFileSync(file, 'utf8')).toBe('3');
+      expect(lines.some((l) => /Flaky failed \(RetriesExhausted, 3 attempts\).*event dropped/.test(l))).toBe(
+        true,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('stops retrying once an attempt succeeds', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-async-'));
+    try {
+      const lines: string[] = [];
+      const sent: string[] = [];
+      const r = runner(
+        [
+          fn('Flaky', 'fails-until', {
+            asyncInvoke: { maximumRetryAttempts: 2, maximumEventAgeSeconds: 60, onFailureQueueName: 'q' },
+          }),
+        ],
+        lines,
+        { ...fast, sendToQueue: async (_q, body) => void sent.push(body) },
+      );
+      const file = path.join(dir, 'attempts');
+      r.invokeAsync('Flaky', { file, succeedOn: 2 });
+      await r.asyncIdle();
+      expect(readFileSync(file, 'utf8')).toBe('2');
+      expect(sent).toEqual([]);
+      expect(lines.filter((l) => l.includes('async invocation'))).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("follows the EventInvokeConfig's retry count and sends Lambda's failure record to the on-failure queue", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-async-'));
+    try {
+      const sent: { queue: string; body: string }[] = [];
+      const f = fn('Flaky', 'fails-until', {
+        asyncInvoke: {
+          maximumRetryAttempts: 1,
+          maximumEventAgeSeconds: 60,
+          onFailureQueueName: 'hub-Failures',
+        },
+      });
+      const r = runner([f], [], {
+        ...fast,
+        sendToQueue: async (queue, body) => void sent.push({ queue, body }),
+      });
+      const event = { file: path.join(dir, 'attempts') };
+      r.invokeAsync('Flaky', event);
+      await r.asyncIdle();
+      expect(readFileSync(event.file, 'utf8')).toBe('2');
+      expect(sent.map((s) => s.queue)).toEqual(['hub-Failures']);
+      const record = JSON.parse(sent[0]?.body ?? '{}') as FailureRecord;
+      expect(record.version).toBe('1.0');
+      expect(record.requestContext).toMatchObject({
+        functionArn: `${f.arn}:$LATEST`,
+        condition: 'RetriesExhausted',
+        approximateInvokeCount: 2,
+      });
+      expect(record.requestContext.requestId).toMatch(/^[0-9a-f-]{36}$/);
+      expect(record.requestPayload).toEqual(event);
+      expect(record.responseContext.functionError).toBe('Unhandled');
+      expect(record.responsePayload).toMatchObject({
+        errorType: 'TypeError',
+        errorMessage: 'attempt 2 failed',
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('gives up with EventAgeExceeded when the next retry would come after the maximum event age', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-async-'));
+    try {
+      const sent: string[] = [];
+      const r = runner(
+        [
+          fn('Flaky', 'fails-until', {
+            asyncInvoke: { maximumRetryAttempts: 2, maximumEventAgeSeconds: 60, onFailureQueueName: 'q' },
+          }),
+        ],
+        [],
+        { asyncRetryDelayMs: () => 61_000, sendToQueue: async (_q, body) => void sent.push(body) },
+      );
+      const file = path.join(dir, 'attempts');
+      r.invokeAsync('Flaky', { file });
+      await r.asyncIdle();
+      expect(readFileSync(file, 'utf8')).toBe('1');
+      const record = JSON.parse(sent[0] ?? '{}') as FailureRecord;
+      expect(record.requestContext.condition).toBe('EventAgeExceeded');
+      expect(record.requestContext.approximateInvokeCount).toBe(1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('logs, and does not throw, when the on-failure queue cannot be reached', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-async-'));
+    try {
+      const lines: string[] = [];
+      const r = runner(
+        [
+          fn('Flaky', 'fails-until', {
+            asyncInvoke: { maximumRetryAttempts: 0, maximumEventAgeSeconds: 60, onFailureQueueName: 'q' },
+          }),
+        ],
+        lines,
+        { ...fast, sendToQueue: async () => Promise.reject(new Error('queue unreachable')) },
+      );
+      r.invokeAsync('Flaky', { file: path.join(dir, 'attempts') });
+      await r.asyncIdle();
+      expect(lines.some((l) => /sending the record to q failed too.*queue unreachable/.test(l))).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a function with an on-failure queue when it has no way to send to it, and an unknown function', () => {
+    expect(() =>
+      runner([
+        fn('F', 'throws', {
+          asyncInvoke: { maximumRetryAttempts: 2, maximumEventAgeSeconds: 60, onFailureQueueName: 'q' },
+        }),
+      ]),
+    ).toThrow(/function F has an on-failure queue/);
+    expect(() => runner([fn('Echo', 'echo-env')]).invokeAsync('Nope', {})).toThrow(/no function Nope/);
+  });
+
+  it('close() drops pending retries', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-async-'));
+    try {
+      const r = runner([fn('Flaky', 'fails-until')], [], { asyncRetryDelayMs: () => 60_000 });
+      const file = path.join(dir, 'attempts');
+      r.invokeAsync('Flaky', { file });
+      await waitUntil(() => existsSync(file));
+      await r.close();
+      await r.asyncIdle();
+      expect(readFileSync(file, 'utf8')).toBe('1');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -645,3 +645,77 @@ describe('readTemplate on hand-written templates', () => {
     expect(readTemplate(template, 'stk').schedules).toEqual([]);
   });
 });
+
+describe('readTemplate on async invocation settings and concurrency', () => {
+  const asyncTemplate = (
+    config: Record<string, unknown> | undefined,
+    fnProps: Record<string, unknown> = {},
+  ) =>
+    ({
+      Resources: {
+        // The config first: it may precede its function in the template.
+        ...(config === undefined
+          ? {}
+          : {
+              AsyncConfig: {
+                Type: 'AWS::Lambda::EventInvokeConfig',
+                Properties: { FunctionName: { Ref: 'Handler' }, Qualifier: '$LATEST', ...config },
+              },
+            }),
+        Handler: fnResource(fnProps),
+        Failures: { Type: 'AWS::SQS::Queue', Properties: {} },
+        Topic: { Type: 'AWS::SNS::Topic', Properties: {} },
+      },
+    }) as CfnTemplate;
+  const handler = (model: LocalModel) => model.functions.find((f) => f.logicalId === 'Handler');
+
+  it('reads an EventInvokeConfig with its retries, event age and on-failure queue', () => {
+    const model = readTemplate(
+      asyncTemplate({
+        MaximumRetryAttempts: 1,
+        MaximumEventAgeInSeconds: 120,
+        DestinationConfig: { OnFailure: { Destination: { 'Fn::GetAtt': ['Failures', 'Arn'] } } },
+      }),
+      'stk',
+    );
+    expect(handler(model)?.asyncInvoke).toEqual({
+      maximumRetryAttempts: 1,
+      maximumEventAgeSeconds: 120,
+      onFailureQueueName: 'stk-Failures',
+    });
+  });
+
+  it("gives an EventInvokeConfig Lambda's defaults, and a function without one none", () => {
+    expect(handler(readTemplate(asyncTemplate({}), 'stk'))?.asyncInvoke).toEqual({
+      maximumRetryAttempts: 2,
+      maximumEventAgeSeconds: 21_600,
+    });
+    expect(handler(readTemplate(asyncTemplate(undefined), 'stk'))?.asyncInvoke).toBeUndefined();
+  });
+
+  it('refuses out-of-range settings and destinations other than SQS, naming them', () => {
+    expect(unsupported(() => readTemplate(asyncTemplate({ MaximumRetryAttempts: 3 }), 'stk'))).toMatch(
+      /AsyncConfig.*MaximumRetryAttempts must be an integer from 0 to 2, got 3/,
+    );
+    expect(unsupported(() => readTemplate(asyncTemplate({ MaximumEventAgeInSeconds: 30 }), 'stk'))).toMatch(
+      /MaximumEventAgeInSeconds must be an integer from 60 to 21600/,
+    );
+    const sns = { DestinationConfig: { OnFailure: { Destination: { Ref: 'Topic' } } } };
+    expect(unsupported(() => readTemplate(asyncTemplate(sns), 'stk'))).toMatch(
+      /on-failure destination Topic is a AWS::SNS::Topic; only SQS queues are emulated/,
+    );
+    const onSuccess = {
+      DestinationConfig: { OnSuccess: { Destination: { 'Fn::GetAtt': ['Failures', 'Arn'] } } },
+    };
+    expect(unsupported(() => readTemplate(asyncTemplate(onSuccess), 'stk'))).toMatch(/on-success/);
+  });
+
+  it('reads ReservedConcurrentExecutions, and refuses 0 (a throttled function)', () => {
+    const model = readTemplate(asyncTemplate(undefined, { ReservedConcurrentExecutions: 2 }), 'stk');
+    expect(handler(model)?.reservedConcurrency).toBe(2);
+    expect(handler(readTemplate(asyncTemplate(undefined), 'stk'))?.reservedConcurrency).toBeUndefined();
+    expect(
+      unsupported(() => readTemplate(asyncTemplate(undefined, { ReservedConcurrentExecutions: 0 }), 'stk')),
+    ).toMatch(/Handler.*ReservedConcurrentExecutions must be a positive integer/);
+  });
+});
