@@ -94,6 +94,8 @@ export interface LocalHubOptions {
   readonly awsServicesUrl?: string;
   /** @default console.log with a timestamp */
   readonly log?: (line: string) => void;
+  /** Told each step of a start (`'starting the MQTT broker'`), so a slow start shows where it is. */
+  readonly onProgress?: (step: string) => void;
 }
 
 /** Where everything listens, as written to `dataDir/endpoints.json`. */
@@ -165,11 +167,13 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
   mkdirSync(dataDir, { recursive: true });
   const template = readTemplate(options.template, 'hub');
   const closers: (() => Promise<void>)[] = [];
+  const progress = options.onProgress ?? (() => {});
   const close = async () => {
     for (const c of closers.reverse()) await c().catch((e: unknown) => log(`shutdown: ${String(e)}`));
   };
 
   try {
+    progress('starting the DynamoDB and Kinesis emulators');
     const dynamo = await startDynamo(dataDir, host, ports.dynamodb);
     closers.push(() => dynamo.close());
     const kinesisServer = await startKinesis(dataDir, host, ports.kinesis);
@@ -180,9 +184,11 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       dynamoClient.destroy();
       kinesis.destroy();
     });
+    progress('creating tables and streams');
     await ensureTables(dynamoClient, template.tables);
     await ensureStreams(kinesis, template.streams);
 
+    progress('starting SQS, SNS, S3 and EventBridge');
     const services = await startEndpointServices({
       host,
       port: ports.awsServices,
@@ -204,6 +210,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     for (const bus of template.eventBuses) eventBridge.createEventBus(bus.name);
     const model = withQueueUrls(template, services.queueUrls);
 
+    progress('starting the IoT data plane and control plane');
     // The data plane must be listening before functions can be given its URL.
     let brokerRef: RunningBroker | undefined;
     let rulesRef: RulesEngine | undefined;
@@ -329,6 +336,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       },
     };
 
+    progress('starting the MQTT broker');
     const certificate = await serverCertificate(dataDir);
     // Basic Ingest is on when the template gives the authorizer the ingest rule's name, as in the cloud.
     const basicIngestRule = model.functions.find((f) => f.entry === 'functions/authorizer.ts')?.environment[
@@ -384,6 +392,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     });
     closers.push(() => httpPublish.close());
 
+    progress('starting the stream readers and the service API');
     const checkpoints = new CheckpointStore(dataDir);
     for (const mapping of model.kinesisMappings) {
       const stream = model.streams.find((s) => s.name === mapping.streamName);
