@@ -76,6 +76,7 @@ export async function startHubProcess(options: StartOptions = {}): Promise<HubPr
       '--json',
       `--data-dir=${dataDir}`,
       ...ZERO_PORTS,
+      ...templateArgs(options.args ?? []),
       ...(options.args ?? []),
     ],
     {
@@ -176,25 +177,50 @@ export function testTemplate(config: HubConfigInput): string {
   return file;
 }
 
+/**
+ * The template `npm start` synthesizes (the hub config and context of cdk.json), written once per
+ * run: hubs started without `--template` run it instead of each spending seconds (tens on a busy
+ * machine) on the same synth. `npm start`'s own synth is tested in start-stop.test.ts.
+ */
+function templateArgs(args: readonly string[]): string[] {
+  const runDir = process.env[RUN_DIR_ENV];
+  // Outside a test run (bench/) a hub starts as `npm start` does, synth included.
+  if (!runDir || args.some((a) => a.startsWith('--template'))) return [];
+  const file = path.join(runDir, 'template-default.json');
+  if (!existsSync(file)) {
+    const cdkJson = JSON.parse(readFileSync(path.join(PROJECT_ROOT, 'cdk.json'), 'utf8')) as {
+      context?: Record<string, unknown>;
+    };
+    const config = cdkJson.context?.hub as HubConfigInput | undefined;
+    writeWhole(file, synthesized(config ?? {}, cdkJson.context ?? {}));
+  }
+  return [`--template=${file}`];
+}
+
+/** Writes a file whole or not at all: another worker may read it at the same moment. */
+function writeWhole(file: string, text: string): void {
+  const partial = `${file}.${process.pid}`;
+  writeFileSync(partial, text);
+  renameSync(partial, file);
+}
+
 const synthCache = new Map<string, string>();
 
-function synthesized(config: HubConfigInput): string {
-  const key = createHash('sha256').update(JSON.stringify(config)).digest('hex').slice(0, 16);
+function synthesized(config: HubConfigInput, context: Record<string, unknown> = {}): string {
+  const key = createHash('sha256')
+    .update(JSON.stringify([config, context]))
+    .digest('hex')
+    .slice(0, 16);
   const runDir = process.env[RUN_DIR_ENV];
   const cacheFile = runDir ? path.join(runDir, `template-${key}.json`) : undefined;
   const cached =
     synthCache.get(key) ?? (cacheFile && existsSync(cacheFile) ? readFileSync(cacheFile, 'utf8') : undefined);
   if (cached !== undefined) return cached;
-  const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+  const app = new App({ context: { ...context, 'aws:cdk:bundling-stacks': [] } });
   buildHub(app, parseHubConfig(config));
   const text = JSON.stringify(app.synth().getStackByName(HUB_STACK_ID).template);
   synthCache.set(key, text);
-  if (cacheFile) {
-    // Whole or not at all: another worker may read it at the same moment.
-    const partial = `${cacheFile}.${process.pid}`;
-    writeFileSync(partial, text);
-    renameSync(partial, cacheFile);
-  }
+  if (cacheFile) writeWhole(cacheFile, text);
   return text;
 }
 
