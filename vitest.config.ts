@@ -23,7 +23,9 @@ export default defineConfig({
         test: {
           name: 'integration',
           include: ['test/integration/**/*.test.ts'],
-          testTimeout: 60_000,
+          // A crash test starts two hubs; on a busy 2-core machine one start alone took 25 s, so 60 s
+          // timed out tests that were not slow, only queued behind other processes for the CPU.
+          testTimeout: 120_000,
           hookTimeout: 120_000,
           // Records every hub's process group and kills what is left at the end (test/support/process-groups.ts).
           globalSetup: ['test/support/global-setup.ts'],
