@@ -113,6 +113,8 @@ export interface LocalHubOptions {
    * shorten it to see a stale will published without waiting minutes. @default 60000
    */
   readonly brokerHeartbeatMs?: number;
+  /** Told each step of a start (`'starting the MQTT broker'`), so a slow start shows where it is. */
+  readonly onProgress?: (step: string) => void;
 }
 
 /** Where everything listens, as written to `dataDir/endpoints.json`. */
@@ -184,12 +186,14 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
   mkdirSync(dataDir, { recursive: true });
   const template = readTemplate(options.template, 'hub');
   const closers: (() => Promise<void>)[] = [];
+  const progress = options.onProgress ?? (() => {});
   const close = async () => {
     for (const c of closers.reverse()) await c().catch((e: unknown) => log(`shutdown: ${String(e)}`));
   };
 
   let broker: RunningBroker | undefined;
   try {
+    progress('starting the DynamoDB and Kinesis emulators');
     // The AWS stand-ins hold every device key and check no credentials: loopback only, whatever `host` says.
     const dynamo = await startDynamo(dataDir, LOOPBACK, ports.dynamodb);
     closers.push(() => dynamo.close());
@@ -201,12 +205,14 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       dynamoClient.destroy();
       kinesis.destroy();
     });
+    progress('creating tables and streams');
     await ensureTables(dynamoClient, template.tables);
     // dynalite has no TTL: delete expired items (the C2D ledger's retired messages) like DynamoDB would.
     const ttl = startTtlSweeper({ client: dynamoClient, tables: template.tables, log });
     closers.push(() => ttl.stop());
     await ensureStreams(kinesis, template.streams);
 
+    progress('starting SQS, SNS, S3 and EventBridge');
     const services = await startEndpointServices({
       host: LOOPBACK,
       port: ports.awsServices,
@@ -228,6 +234,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     for (const bus of template.eventBuses) eventBridge.createEventBus(bus.name);
     const model = withQueueUrls(template, services.queueUrls);
 
+    progress('starting the IoT data plane and control plane');
     // The IoT Core bus: every publish, whichever door it comes in by, is authorized, runs the rules,
     // reaches the broker's subscribers and the shadow service, in that order (local/bus.ts). The
     // rules, the shadow service and the broker attach to it below, as each exists.
@@ -349,6 +356,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       },
     };
 
+    progress('starting the MQTT broker');
     const certificate = await serverCertificate(dataDir);
     // Lifecycle events are the hub's own messages on `$aws/events/...`: they go through the bus.
     const lifecycle = (topic: string, event: object, what: string) => {
@@ -404,6 +412,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     });
     closers.push(() => httpPublish.close());
 
+    progress('starting the stream readers and the service API');
     const checkpoints = new CheckpointStore(dataDir);
     for (const mapping of model.kinesisMappings) {
       const stream = model.streams.find((s) => s.name === mapping.streamName);

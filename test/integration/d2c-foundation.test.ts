@@ -3,11 +3,12 @@ import { readFileSync } from 'node:fs';
 import { ScanCommand } from '@aws-sdk/client-dynamodb';
 import { IoTDataPlaneClient, PublishCommand } from '@aws-sdk/client-iot-data-plane';
 import mqtt from 'mqtt';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { LOCAL_CREDENTIALS, localDynamoClient } from '../../local/emulators.ts';
 import { type ReadRecord, waitForRecords } from '../support/built-in.ts';
 import { registerDevice } from '../support/devices.ts';
 import { type HubProcess, startHubProcess, startHubWith, tempDataDir } from '../support/hub-process.ts';
+import { sharedHub } from '../support/shared-hub.ts';
 
 function hasCommand(name: string): boolean {
   try {
@@ -25,20 +26,19 @@ const marks = (records: ReadRecord[]) => records.map((r) => r.envelope.propertie
 describe('the first end-to-end path on the local hub', () => {
   let hub: HubProcess;
   beforeAll(async () => {
-    hub = await startHubProcess();
-  });
-  afterAll(async () => {
-    await hub?.stop();
+    hub = await sharedHub();
   });
 
   it('delivers 1,000 QoS 1 messages from an mqtt.js device to the built-in endpoint, in order, keyed by device id', async () => {
     const device = await mqtt.connectAsync(hub.endpoints.mqtt, {
-      ...(await registerDevice(hub.endpoints, 'bulk-1')),
+      ...(await registerDevice(hub.endpoints, 'mqtt-bulk-1')),
     });
     const sends: Promise<unknown>[] = [];
     for (let n = 0; n < 1000; n++) {
       sends.push(
-        device.publishAsync(`devices/bulk-1/messages/events/$.mid=m${n}&n=${n}`, `payload ${n}`, { qos: 1 }),
+        device.publishAsync(`devices/mqtt-bulk-1/messages/events/$.mid=m${n}&n=${n}`, `payload ${n}`, {
+          qos: 1,
+        }),
       );
     }
     await Promise.all(sends);
@@ -47,17 +47,17 @@ describe('the first end-to-end path on the local hub', () => {
     const records = await waitForRecords(
       hub.endpoints.kinesis,
       hub.endpoints.builtInStream,
-      (r) => byDevice(r, 'bulk-1').length >= 1000,
+      (r) => byDevice(r, 'mqtt-bulk-1').length >= 1000,
     );
-    const mine = byDevice(records, 'bulk-1');
+    const mine = byDevice(records, 'mqtt-bulk-1');
     expect(new Set(mine.map((r) => r.envelope.messageId)).size).toBe(1000);
-    expect(mine.every((r) => r.partitionKey === 'bulk-1')).toBe(true);
+    expect(mine.every((r) => r.partitionKey === 'mqtt-bulk-1')).toBe(true);
     expect(new Set(mine.map((r) => r.shardId)).size).toBe(1);
     // Per-device order: read back in the order sent (duplicates, if any, only repeat a prefix).
     const firstSeen = [...new Map(mine.map((r) => [r.envelope.messageId, r])).values()];
     expect(marks(firstSeen)).toEqual(Array.from({ length: 1000 }, (_, n) => String(n)));
     const sample = mine[0]!.envelope;
-    expect(sample.systemProperties['iothub-connection-device-id']).toBe('bulk-1');
+    expect(sample.systemProperties['iothub-connection-device-id']).toBe('mqtt-bulk-1');
     expect(Date.parse(sample.enqueuedTime)).toBeGreaterThan(Date.now() - 600_000);
     expect(Buffer.from(String(sample.body), 'base64').toString()).toBe('payload 0');
   });
@@ -176,10 +176,7 @@ describe('the first end-to-end path on the local hub', () => {
 describe('bad input at the front door', () => {
   let hub: HubProcess;
   beforeAll(async () => {
-    hub = await startHubProcess();
-  });
-  afterAll(async () => {
-    await hub?.stop();
+    hub = await sharedHub();
   });
 
   async function expectDisconnected(

@@ -12,6 +12,7 @@ import { localDynamoClient } from '../../local/emulators.ts';
 import { type ReadRecord, waitForRecords } from '../support/built-in.ts';
 import { type DeviceCredentials, registerDevice, service } from '../support/devices.ts';
 import { type HubProcess, startHubProcess, startHubWith, tempDataDir } from '../support/hub-process.ts';
+import { sharedHub } from '../support/shared-hub.ts';
 
 // D2C over HTTPS (`POST /topics/{topic}`, the local stand-in for IoT Core's HTTPS publish) and Basic
 // Ingest, against a real hub process, with real clients: fetch, curl and mqtt.js.
@@ -78,11 +79,8 @@ describe('D2C over HTTPS on the local hub', () => {
   let hub: HubProcess;
   let device: DeviceCredentials;
   beforeAll(async () => {
-    hub = await startHubProcess();
+    hub = await sharedHub();
     device = await registerDevice(hub.endpoints, 'h1');
-  });
-  afterAll(async () => {
-    await hub?.stop();
   });
 
   it('takes a message with a property bag and a JSON body to the built-in endpoint', async () => {

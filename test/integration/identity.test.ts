@@ -3,11 +3,12 @@ import { readFileSync } from 'node:fs';
 import { IoTDataPlaneClient, PublishCommand } from '@aws-sdk/client-iot-data-plane';
 import mqtt, { type IClientOptions } from 'mqtt';
 import { generate } from 'selfsigned';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { LOCAL_CREDENTIALS } from '../../local/emulators.ts';
 import { waitForRecords } from '../support/built-in.ts';
 import { registerDevice, sasCredentials, service } from '../support/devices.ts';
-import { type HubProcess, startHubProcess } from '../support/hub-process.ts';
+import type { HubProcess } from '../support/hub-process.ts';
+import { sharedHub } from '../support/shared-hub.ts';
 
 /** Connects and resolves with the CONNACK refusal code, or 0 when the connection was accepted. */
 async function connackCode(url: string, options: IClientOptions): Promise<number> {
@@ -24,10 +25,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 let hub: HubProcess;
 beforeAll(async () => {
-  hub = await startHubProcess();
-});
-afterAll(async () => {
-  await hub?.stop();
+  hub = await sharedHub();
 });
 
 describe('device authentication on the local hub', () => {

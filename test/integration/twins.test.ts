@@ -1,7 +1,8 @@
 import mqtt from 'mqtt';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { registerDevice, service } from '../support/devices.ts';
-import { type HubProcess, startHubProcess } from '../support/hub-process.ts';
+import type { HubProcess } from '../support/hub-process.ts';
+import { sharedHub } from '../support/shared-hub.ts';
 
 // Twins on the real local hub: the service API (GET/PATCH/PUT /twins/{id}) over tags in the registry
 // table and desired/reported in the hub's shadow service, and a real mqtt.js device on the shadow topics.
@@ -56,11 +57,7 @@ describe('device twins on the local hub', () => {
   let hub: HubProcess;
 
   beforeAll(async () => {
-    hub = await startHubProcess();
-  }, 60_000);
-
-  afterAll(async () => {
-    await hub?.stop();
+    hub = await sharedHub();
   });
 
   it('a desired change through the service API reaches the device as a delta; its report shows in the twin', async () => {

@@ -1,8 +1,9 @@
 import { readFileSync } from 'node:fs';
 import mqtt, { type IClientOptions } from 'mqtt';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { service } from '../support/devices.ts';
-import { type HubProcess, startHubProcess } from '../support/hub-process.ts';
+import type { HubProcess } from '../support/hub-process.ts';
+import { sharedHub } from '../support/shared-hub.ts';
 import { makeCa, makeLeaf, type TestCertificate } from '../support/x509.ts';
 
 let hub: HubProcess;
@@ -69,12 +70,9 @@ async function registerCaDevice(deviceId: string): Promise<void> {
 }
 
 beforeAll(async () => {
-  hub = await startHubProcess();
+  hub = await sharedHub();
   root = await makeCa('Hub Test Root');
   await registerCa('root', root);
-});
-afterAll(async () => {
-  await hub?.stop();
 });
 
 describe('CA-signed (certificateAuthority) devices on the local hub', () => {
