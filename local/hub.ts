@@ -267,8 +267,13 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     );
     closers.push(() => runner.close());
 
+    // h-d2c: a rule's write to a stream wakes the mappings reading it (filled in below).
+    const mappingsByStream = new Map<string, KinesisMapping[]>();
     const rules = new RulesEngine(model.rules, {
       kinesis,
+      onStreamWrite: (stream) => {
+        for (const m of mappingsByStream.get(stream) ?? []) m.wake();
+      },
       dynamo: dynamoClient,
       log,
       invokeAsync: (fn, event) => {
@@ -385,16 +390,18 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     closers.push(() => httpPublish.close());
 
     const checkpoints = new CheckpointStore(dataDir);
+    closers.push(() => checkpoints.flush()); // h-d2c: closers run in reverse, so after the mappings stop
     for (const mapping of model.kinesisMappings) {
       const stream = model.streams.find((s) => s.name === mapping.streamName);
       if (!stream) throw new Error(`mapping ${mapping.logicalId} reads unknown stream ${mapping.streamName}`);
       const m = new KinesisMapping(mapping, stream, {
         kinesis,
         checkpoints,
-        dataDir,
         log,
         invoke: (fn, event) => runner.invoke(fn, event),
+        sendToQueue: (queue, body) => services.sendToQueue(queue, body), // h-d2c: on-failure to SQS
       });
+      mappingsByStream.set(stream.name, [...(mappingsByStream.get(stream.name) ?? []), m]); // h-d2c
       await m.start();
       closers.push(() => m.stop());
     }
