@@ -155,7 +155,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
   const { log } = options;
   const identities = new WeakMap<Client, Identity>();
   const db = new Level<string, unknown>(path.join(options.dataDir, 'broker'), { valueEncoding: 'view' });
-  // Per-device chains keep the ingest of one device's publishes in the order they arrived.
+  // Per-device chains answer a device's publishes in the order they arrived.
   const chains = new Map<string, Promise<void>>();
 
   const broker = await Aedes.createBroker({
@@ -216,8 +216,12 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
         log(`publish refused, disconnecting: ${reason}`);
         return done(new Error(reason));
       }
+      // Ingest starts at once, in arrival order (the rules engine queues a device's records in call
+      // order), so several publishes of one device are in flight; the chain keeps their PUBACKs in order.
+      const started = options.ingest({ topic: packet.topic, payload, identity });
+      started.catch(() => undefined); // handled below, once the publishes before it are answered
       const previous = chains.get(identity.deviceId) ?? Promise.resolve();
-      const next = previous.then(() => options.ingest({ topic: packet.topic, payload, identity }));
+      const next = previous.then(() => started);
       const tail = next.catch(() => undefined);
       chains.set(identity.deviceId, tail);
       void tail.then(() => {
