@@ -16,9 +16,13 @@ export class CheckpointStore {
   private writing: Promise<void> | undefined;
   private dirty = false;
 
+  /**
+   * @param debounceMs longest a handled batch waits for its checkpoint write; `LOCAL_HUB_CHECKPOINT_MS`
+   * overrides the default (the crash tests set it long to kill the hub between a batch and its checkpoint)
+   */
   constructor(
     dataDir: string,
-    private readonly debounceMs = 20,
+    private readonly debounceMs = Number(process.env.LOCAL_HUB_CHECKPOINT_MS) || 20,
   ) {
     mkdirSync(dataDir, { recursive: true });
     this.file = path.join(dataDir, 'checkpoints.json');
