@@ -6,14 +6,18 @@
  * message crosses Kinesis twice in the hub (ingest stream, built-in endpoint) and kinesalite is
  * what bounds the local pipeline.
  */
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import {
   GetRecordsCommand,
   GetShardIteratorCommand,
   type KinesisClient,
   ListShardsCommand,
+  ListStreamsCommand,
   PutRecordCommand,
   PutRecordsCommand,
 } from '@aws-sdk/client-kinesis';
@@ -111,15 +115,75 @@ function body(sentAt: number, n: number, bytes: number): string {
   return JSON.stringify({ sentAt, n, pad: 'x'.repeat(Math.max(0, bytes - bare.length)) });
 }
 
-/** Kinesalite alone (persistent, as the hub runs it): the same records in, then read back. */
+/** A free loopback port (for kinesis-local, which takes its ports from the environment). */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((r) => server.close(() => r()));
+  return port;
+}
+
+/**
+ * kinesis-local (kinesis-mock compiled to JavaScript by Scala.js; no JVM) as a child process, with
+ * persistence on as the hub would need it. It persists on an interval (PERSIST_INTERVAL), not per write.
+ */
+async function startKinesisLocal(dir: string): Promise<{ url: string; close(): Promise<void> }> {
+  const port = await freePort();
+  const child = spawn(
+    process.execPath,
+    [fileURLToPath(new URL('../node_modules/kinesis-local/main.js', import.meta.url))],
+    {
+      cwd: dir,
+      env: {
+        ...process.env,
+        KINESIS_MOCK_PLAIN_PORT: String(port),
+        KINESIS_MOCK_TLS_PORT: String(await freePort()),
+        CREATE_STREAM_DURATION: '0ms',
+        SHOULD_PERSIST_DATA: 'true',
+        PERSIST_PATH: dir,
+        LOG_LEVEL: 'ERROR',
+        SHARD_LIMIT: '100',
+      },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    },
+  );
+  const url = `http://127.0.0.1:${port}`;
+  const probe = localKinesisClient(url);
+  try {
+    for (let i = 0; ; i++) {
+      try {
+        await probe.send(new ListStreamsCommand({}));
+        break;
+      } catch (error) {
+        if (i > 300 || child.exitCode !== null)
+          throw new Error(`kinesis-local did not start: ${String(error)}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  } finally {
+    probe.destroy();
+  }
+  return {
+    url,
+    close: async () => {
+      child.kill('SIGKILL');
+      if (child.exitCode === null) await new Promise((r) => child.once('exit', r));
+    },
+  };
+}
+
+/** A Kinesis emulator alone (persistent, as the hub runs it): the same records in, then read back. */
 async function kinesaliteAlone(
   count: number,
   recordBytes: number,
   shardCount: number,
   partitionKeys: readonly string[],
+  emulator: 'kinesalite' | 'kinesis-local' = 'kinesalite',
 ): Promise<{ putRecordsRate: number; putRecordRate: number; readRate: number; roundTripRate: number }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'bench-kinesis-'));
-  const server = await startKinesis(dir, '127.0.0.1', 0);
+  const server =
+    emulator === 'kinesalite' ? await startKinesis(dir, '127.0.0.1', 0) : await startKinesisLocal(dir);
   const client = localKinesisClient(server.url);
   try {
     const streams = ['bench-batched', 'bench-single'].map((name) => ({
@@ -328,6 +392,18 @@ export const d2c: Bench = {
 
     // The hub is down now, so kinesalite alone has the machine to itself, as the hub had.
     const alone = await kinesaliteAlone(total, recordBytes, shardCount, deviceIds);
+    // kinesis-local, evaluated against kinesalite: same records, same persistence asked for.
+    const mock = await kinesaliteAlone(total, recordBytes, shardCount, deviceIds, 'kinesis-local').catch(
+      (error: unknown) => {
+        console.error(`kinesis-local: ${String(error)}`);
+        return {
+          putRecordsRate: Number.NaN,
+          putRecordRate: Number.NaN,
+          readRate: Number.NaN,
+          roundTripRate: Number.NaN,
+        };
+      },
+    );
     const vs = (rate: number) => `${fmt(rate / alone.roundTripRate, 2)}×`;
     ctx.table(
       `d2c: ${total} messages, ${deviceCount} devices, ${recordBytes} B records, ${shardCount} shard(s)`,
@@ -366,6 +442,20 @@ export const d2c: Bench = {
           'p50 ms': '',
           'p99 ms': '',
           'vs kinesalite put+read': vs(alone.putRecordRate),
+        },
+        {
+          case: 'kinesis-local: PutRecords (500/call) + read back',
+          'msgs/s': fmt(mock.roundTripRate),
+          'p50 ms': '',
+          'p99 ms': '',
+          'vs kinesalite put+read': vs(mock.roundTripRate),
+        },
+        {
+          case: `kinesis-local: PutRecord, 1 per call, ${deviceCount} in parallel`,
+          'msgs/s': fmt(mock.putRecordRate),
+          'p50 ms': '',
+          'p99 ms': '',
+          'vs kinesalite put+read': vs(mock.putRecordRate),
         },
       ],
     );

@@ -162,10 +162,13 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
   const { log } = options;
   const identities = new WeakMap<Client, Identity>();
   const db = new Level<string, unknown>(path.join(options.dataDir, 'broker'), { valueEncoding: 'view' });
-  // Per-device chains keep the ingest of one device's publishes in the order they arrived.
+  // Per-device chains answer a device's publishes in the order they arrived.
   const chains = new Map<string, Promise<void>>();
-  const inOrder = (deviceId: string, run: () => Promise<void>): Promise<void> => {
-    const next = (chains.get(deviceId) ?? Promise.resolve()).then(run);
+  // A publish starts at once, in arrival order (the rules engine queues a device's records in call order),
+  // so several publishes of one device are in flight; the chain answers them in order.
+  const answeredInOrder = (deviceId: string, started: Promise<void>): Promise<void> => {
+    started.catch(() => undefined); // handled by the caller, once the publishes before it are answered
+    const next = (chains.get(deviceId) ?? Promise.resolve()).then(() => started);
     const tail = next.catch(() => undefined);
     chains.set(deviceId, tail);
     void tail.then(() => {
@@ -279,7 +282,8 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
         log(`publish refused, disconnecting: ${(error as Error).message}`);
         return done(error as Error);
       }
-      inOrder(identity.deviceId, () =>
+      answeredInOrder(
+        identity.deviceId,
         options.bus.publish(message, { kind: 'device', identity }, { transportDelivers: true }),
       ).then(
         () => {

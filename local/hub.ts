@@ -304,8 +304,13 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     });
     closers.push(() => runner.close());
 
+    // A rule's write to a stream wakes the mappings reading it at once (filled in below).
+    const mappingsByStream = new Map<string, KinesisMapping[]>();
     const rules = new RulesEngine(model.rules, {
       kinesis,
+      onStreamWrite: (stream) => {
+        for (const m of mappingsByStream.get(stream) ?? []) m.wake();
+      },
       dynamo: dynamoClient,
       log,
       // Lambda's asynchronous invocation: retries and on-failure destination as the template says.
@@ -414,16 +419,18 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
 
     progress('starting the stream readers and the service API');
     const checkpoints = new CheckpointStore(dataDir);
+    closers.push(() => checkpoints.flush()); // closers run in reverse: after the mappings stop
     for (const mapping of model.kinesisMappings) {
       const stream = model.streams.find((s) => s.name === mapping.streamName);
       if (!stream) throw new Error(`mapping ${mapping.logicalId} reads unknown stream ${mapping.streamName}`);
       const m = new KinesisMapping(mapping, stream, {
         kinesis,
         checkpoints,
-        dataDir,
         log,
         invoke: (fn, event) => runner.invoke(fn, event),
+        sendToQueue: (queue, body) => services.sendToQueue(queue, body), // the on-failure destination
       });
+      mappingsByStream.set(stream.name, [...(mappingsByStream.get(stream.name) ?? []), m]);
       await m.start();
       closers.push(() => m.stop());
     }

@@ -1,5 +1,3 @@
-import { appendFileSync, mkdirSync } from 'node:fs';
-import * as path from 'node:path';
 import {
   type _Record,
   ExpiredIteratorException,
@@ -18,8 +16,12 @@ export interface MappingDeps {
   readonly checkpoints: CheckpointStore;
   readonly invoke: (functionLogicalId: string, event: unknown) => Promise<unknown>;
   readonly log: (line: string) => void;
-  readonly dataDir: string;
-  /** Wait between empty polls. @default 100 */
+  /** Sends Lambda's on-failure record to the mapping's on-failure queue (the local SQS emulator). */
+  readonly sendToQueue: (queueName: string, body: string) => Promise<void>;
+  /**
+   * Longest wait after an empty poll when no write is noticed ({@link KinesisMapping.wake} ends it
+   * at once). @default 1000
+   */
   readonly idleMs?: number;
 }
 
@@ -38,6 +40,9 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 export class KinesisMapping {
   private stopped = false;
   private readonly loops: Promise<void>[] = [];
+  /** A write was noticed since the shard loops last polled. */
+  private written = false;
+  private waiters: (() => void)[] = [];
 
   constructor(
     private readonly mapping: LocalKinesisMapping,
@@ -56,7 +61,35 @@ export class KinesisMapping {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.wake();
     await Promise.allSettled(this.loops);
+  }
+
+  /**
+   * The stream was written: a shard loop waiting after an empty poll polls again at once, so a
+   * record is read as soon as it is written, not after the idle wait.
+   */
+  wake(): void {
+    this.written = true;
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Waits for a write (or the idle wait, in case one went unnoticed), unless one came meanwhile. */
+  private idle(): Promise<void> {
+    if (this.written || this.stopped) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(done, this.deps.idleMs ?? 1000);
+      const waiters = this.waiters;
+      function done() {
+        clearTimeout(timer);
+        const i = waiters.indexOf(done);
+        if (i >= 0) waiters.splice(i, 1);
+        resolve();
+      }
+      waiters.push(done);
+    });
   }
 
   private key(shardId: string): string {
@@ -79,21 +112,39 @@ export class KinesisMapping {
 
   private async pollShard(shardId: string): Promise<void> {
     let iterator: string | undefined;
+    const window = this.mapping.maxBatchingWindowMs ?? 0;
     while (!this.stopped) {
       try {
         iterator ??= await this.iterator(shardId);
         if (!iterator) return;
-        const out = await this.deps.kinesis.send(
+        this.written = false;
+        let out = await this.deps.kinesis.send(
           new GetRecordsCommand({ ShardIterator: iterator, Limit: this.mapping.batchSize }),
         );
-        const records = out.Records ?? [];
+        const records = [...(out.Records ?? [])];
+        // Lambda's batching window: gather records until the batch is full or the window closes.
+        if (window > 0 && records.length > 0) {
+          const closes = Date.now() + window;
+          while (records.length < this.mapping.batchSize && Date.now() < closes && !this.stopped) {
+            if (!out.MillisBehindLatest) await this.idleFor(closes - Date.now());
+            this.written = false;
+            out = await this.deps.kinesis.send(
+              new GetRecordsCommand({
+                ShardIterator: out.NextShardIterator,
+                Limit: this.mapping.batchSize - records.length,
+              }),
+            );
+            records.push(...(out.Records ?? []));
+          }
+        }
+        // The next read follows on from this one: no new iterator per batch.
+        iterator = out.NextShardIterator;
         if (records.length > 0) {
           await this.handleBatch(shardId, records);
-          // Resume from the checkpoint, which the batch advanced past every handled record.
-          iterator = undefined;
+          // Records may be waiting behind this batch: read again at once.
+          this.written = true;
         } else {
-          iterator = out.NextShardIterator;
-          await sleep(this.deps.idleMs ?? 100);
+          await this.idle();
         }
       } catch (error) {
         if (this.stopped) return;
@@ -101,9 +152,15 @@ export class KinesisMapping {
           this.deps.log(`mapping ${this.mapping.logicalId} ${shardId}: ${String(error)}`);
           await sleep(500);
         }
+        // Resume from the checkpoint, past every handled record.
         iterator = undefined;
       }
     }
+  }
+
+  private async idleFor(ms: number): Promise<void> {
+    if (this.written || ms <= 0) return;
+    await Promise.race([this.idle(), sleep(ms)]);
   }
 
   private event(shardId: string, records: readonly _Record[]) {
@@ -203,13 +260,13 @@ export class KinesisMapping {
     this.deps.log(
       `mapping ${this.mapping.logicalId}: retries exhausted; ${records.length} records from ${description.KinesisBatchInfo.startSequenceNumber} described on ${this.mapping.onFailureQueueName ?? 'no destination'}`,
     );
-    if (this.mapping.onFailureQueueName) {
-      const dir = path.join(this.deps.dataDir, 'queues');
-      mkdirSync(dir, { recursive: true });
-      appendFileSync(
-        path.join(dir, `${this.mapping.onFailureQueueName}.jsonl`),
-        `${JSON.stringify(description)}\n`,
-      );
+    const queue = this.mapping.onFailureQueueName;
+    if (queue) {
+      this.deps.sendToQueue(queue, JSON.stringify(description)).catch((error: unknown) => {
+        this.deps.log(
+          `mapping ${this.mapping.logicalId}: on-failure record to ${queue} lost: ${String(error)}`,
+        );
+      });
     }
   }
 }

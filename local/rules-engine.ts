@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { type DynamoDBClient, PutItemCommand } from '@aws-sdk/client-dynamodb';
-import { type KinesisClient, PutRecordCommand } from '@aws-sdk/client-kinesis';
+import type { KinesisClient } from '@aws-sdk/client-kinesis';
 import { marshall } from '@aws-sdk/util-dynamodb';
 import {
   type CompiledIotSql,
@@ -10,6 +10,7 @@ import {
   type IotSqlContext,
   type Mqtt5Properties,
 } from './iot-sql.ts';
+import { KinesisGroupCommit } from './kinesis-group-commit.ts';
 import type { LocalRule, LocalRuleAction } from './template.ts';
 
 /** One message as the front door took it. */
@@ -31,6 +32,8 @@ export interface RuleActionDeps {
   readonly invokeAsync: (functionLogicalId: string, event: unknown) => void;
   readonly republish: (topic: string, payload: Buffer, qos: number) => Promise<void>;
   readonly log: (line: string) => void;
+  /** Called after records were written to a stream (wakes its event source mappings at once). */
+  readonly onStreamWrite?: (streamName: string) => void;
 }
 
 /** Neither a rule's action nor its error action could take a message. The publisher must not get a PUBACK. */
@@ -59,6 +62,8 @@ interface CompiledAction {
   readonly action: LocalRuleAction;
   readonly run: (ctx: IotSqlContext, output: Buffer) => Promise<void>;
   readonly resource: string;
+  /** The action retries by itself (the Kinesis group commit, which must keep each key's order). */
+  readonly retriesItself?: boolean;
 }
 
 interface CompiledRule {
@@ -78,11 +83,13 @@ const ATTEMPTS = 3;
  */
 export class RulesEngine {
   private readonly rules: CompiledRule[];
+  private readonly groupCommit: KinesisGroupCommit;
 
   constructor(
     rules: readonly LocalRule[],
     private readonly deps: RuleActionDeps,
   ) {
+    this.groupCommit = new KinesisGroupCommit(deps.kinesis, { maxAttempts: ATTEMPTS, log: deps.log });
     this.rules = rules
       .filter((r) => !r.disabled)
       .map((rule) => {
@@ -108,6 +115,10 @@ export class RulesEngine {
    * A Basic Ingest topic, `$aws/rules/{rule}/{topic}`, runs only the rule of that name, as IoT Core does,
    * which presents the topic without the `$aws/rules/{rule}/` prefix to it (`topic()`); an unknown or
    * disabled rule rejects with {@link RuleNotFoundError}.
+   *
+   * Everything up to handing a record to the Kinesis group commit happens synchronously in this
+   * call, so calls made in a device's publish order write that device's records in that order,
+   * even with several of them in flight.
    */
   async ingest(input: IngestInput): Promise<number> {
     const basicIngest = BASIC_INGEST.exec(input.topic);
@@ -146,12 +157,13 @@ export class RulesEngine {
 
   private async runAction(rule: CompiledRule, action: CompiledAction, ctx: IotSqlContext, output: Buffer) {
     let lastError: unknown;
-    for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
+    for (let attempt = 0; attempt < (action.retriesItself ? 1 : ATTEMPTS); attempt++) {
       try {
         await action.run(ctx, output);
         return;
       } catch (error) {
         lastError = error;
+        if (action.retriesItself) break;
         await new Promise((r) => setTimeout(r, 50 * 2 ** attempt));
       }
     }
@@ -188,14 +200,10 @@ export class RulesEngine {
         return {
           action,
           resource: action.streamName,
+          retriesItself: true,
           run: async (ctx, output) => {
-            await deps.kinesis.send(
-              new PutRecordCommand({
-                StreamName: action.streamName,
-                PartitionKey: key(ctx) || 'none',
-                Data: output,
-              }),
-            );
+            await this.groupCommit.put(action.streamName, key(ctx) || 'none', output);
+            deps.onStreamWrite?.(action.streamName);
           },
         };
       }

@@ -147,6 +147,10 @@ export interface LocalKinesisMapping {
   /** -1 means retry until the records expire. */
   readonly maxRetryAttempts: number;
   readonly onFailureQueueName?: string;
+  /** `MaximumBatchingWindowInSeconds` in ms: how long a batch may gather records (0: none). */
+  readonly maxBatchingWindowMs?: number;
+  /** `ParallelizationFactor`: the local hub runs one batch per shard at a time and accepts only 1. */
+  readonly parallelizationFactor?: number;
 }
 /** A schedule (EventBridge rule with a `rate(...)` expression) that invokes functions. */
 export interface LocalSchedule {
@@ -474,6 +478,14 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
         const onFailure = (props.DestinationConfig as { OnFailure?: { Destination?: string } } | undefined)
           ?.OnFailure?.Destination;
         const types = (props.FunctionResponseTypes as string[] | undefined) ?? [];
+        const parallelization =
+          typeof props.ParallelizationFactor === 'number' ? props.ParallelizationFactor : 1;
+        if (parallelization !== 1) {
+          throw new UnsupportedTemplateError(
+            id,
+            `ParallelizationFactor ${parallelization}: the local hub runs one batch per shard at a time (1)`,
+          );
+        }
         model.kinesisMappings.push({
           logicalId: id,
           functionLogicalId: functionIdOf(props.FunctionName, id),
@@ -484,6 +496,11 @@ export function readTemplate(template: CfnTemplate, stackName: string): LocalMod
           reportBatchItemFailures: types.includes('ReportBatchItemFailures'),
           maxRetryAttempts: typeof props.MaximumRetryAttempts === 'number' ? props.MaximumRetryAttempts : -1,
           ...(onFailure ? { onFailureQueueName: names.get(byArn(onFailure, id)) ?? '' } : {}),
+          maxBatchingWindowMs:
+            typeof props.MaximumBatchingWindowInSeconds === 'number'
+              ? props.MaximumBatchingWindowInSeconds * 1000
+              : 0,
+          parallelizationFactor: parallelization,
         });
         break;
       }

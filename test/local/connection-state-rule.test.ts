@@ -1,5 +1,5 @@
 import type { DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import type { KinesisClient, PutRecordCommandInput } from '@aws-sdk/client-kinesis';
+import type { KinesisClient, PutRecordsRequestEntry } from '@aws-sdk/client-kinesis';
 import { describe, expect, it } from 'vitest';
 import { parseIngestRecord } from '../../functions/core/d2c/events.ts';
 import { RulesEngine } from '../../local/rules-engine.ts';
@@ -18,11 +18,12 @@ describe('connection state rule on the local rules engine', () => {
   const rule = model.rules.find((r) => r.logicalId === ruleId);
 
   function engine() {
-    const puts: PutRecordCommandInput[] = [];
+    const puts: PutRecordsRequestEntry[] = [];
     const kinesis = {
-      send: async (command: { input: PutRecordCommandInput }) => {
-        puts.push(command.input);
-        return {};
+      send: async (command: { input: { Records?: PutRecordsRequestEntry[] } }) => {
+        const records = command.input.Records ?? [];
+        puts.push(...records);
+        return { Records: records.map((_, i) => ({ SequenceNumber: String(i), ShardId: 'shardId-0' })) };
       },
     } as unknown as KinesisClient;
     const rules = new RulesEngine(rule ? [rule] : [], {

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { type KinesisClient, PutRecordCommand } from '@aws-sdk/client-kinesis';
@@ -95,6 +95,18 @@ class FakeFunction {
   }
 }
 
+/** On-failure records each mapping sent, per data directory and queue name. */
+const sent = new Map<string, string[]>();
+function sentTo(dir: string, queue: string): string[] {
+  const key = `${dir}|${queue}`;
+  let list = sent.get(key);
+  if (!list) {
+    list = [];
+    sent.set(key, list);
+  }
+  return list;
+}
+
 async function startMapping(
   settings: LocalKinesisMapping,
   stream: LocalStream,
@@ -108,7 +120,9 @@ async function startMapping(
     checkpoints,
     invoke: fake.invoke,
     log: (line) => lines.push(line),
-    dataDir: dir,
+    sendToQueue: async (queue, body) => {
+      sentTo(dir, queue).push(body);
+    },
     idleMs: 20,
   });
   running.push(mapping);
@@ -265,11 +279,9 @@ describe('KinesisMapping', () => {
 
     // Whole batch, then halves, then the failing half's halves; the poison record's retries run out.
     expect(fake.batches).toEqual([['r0', 'r1', 'r2', 'r3'], ['r0', 'r1'], ['r2', 'r3'], ['r2'], ['r3']]);
-    const queueFile = path.join(dir, 'queues', 'router-failures.jsonl');
-    const described = readFileSync(queueFile, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as { requestContext: { condition: string }; KinesisBatchInfo: object });
+    const described = sentTo(dir, 'router-failures').map(
+      (l) => JSON.parse(l) as { requestContext: { condition: string }; KinesisBatchInfo: object },
+    );
     expect(described).toHaveLength(1);
     expect(described[0]!.requestContext.condition).toBe('RetryAttemptsExhausted');
     expect(described[0]!.KinesisBatchInfo).toEqual({
@@ -298,12 +310,10 @@ describe('KinesisMapping', () => {
     });
     const settings = mappingFor(stream, { batchSize: 3, maxRetryAttempts: 2, onFailureQueueName: 'dlq' });
     await startMapping(settings, stream, fake, dir);
-    await waitUntil(() => existsSync(path.join(dir, 'queues', 'dlq.jsonl')));
+    await waitUntil(() => sentTo(dir, 'dlq').length > 0);
     await pause(150);
     expect(fake.batches).toEqual([values(3), values(3), values(3)]);
-    const [line] = readFileSync(path.join(dir, 'queues', 'dlq.jsonl'), 'utf8')
-      .trim()
-      .split('\n');
+    const [line] = sentTo(dir, 'dlq');
     expect(JSON.parse(line!)).toMatchObject({
       KinesisBatchInfo: {
         shardId: SHARD,
@@ -332,11 +342,10 @@ describe('KinesisMapping', () => {
       onFailureQueueName: 'partial-dlq',
     });
     await startMapping(settings, stream, fake, dir);
-    const queueFile = path.join(dir, 'queues', 'partial-dlq.jsonl');
-    await waitUntil(() => existsSync(queueFile));
+    await waitUntil(() => sentTo(dir, 'partial-dlq').length > 0);
     await pause(150);
     expect(fake.batches).toEqual([values(4), ['r2', 'r3']]);
-    expect(JSON.parse(readFileSync(queueFile, 'utf8').trim())).toMatchObject({
+    expect(JSON.parse(sentTo(dir, 'partial-dlq')[0] ?? '')).toMatchObject({
       KinesisBatchInfo: { startSequenceNumber: seqs[2], endSequenceNumber: seqs[3], batchSize: 2 },
     });
   });
@@ -346,9 +355,11 @@ describe('KinesisMapping', () => {
     const settings = mappingFor(stream, { batchSize: 2 });
     await put(stream, values(4));
     const first = new FakeFunction();
-    const a = await startMapping(settings, stream, first, dir);
+    const firstCheckpoints = new CheckpointStore(dir);
+    const a = await startMapping(settings, stream, first, dir, [], firstCheckpoints);
     await waitUntil(() => first.batches.flat().length >= 4);
     await a.stop();
+    await firstCheckpoints.flush();
     expect(first.batches.flat()).toEqual(values(4));
 
     await put(stream, ['r4', 'r5', 'r6']);
@@ -415,5 +426,46 @@ describe('KinesisMapping', () => {
     const started = Date.now();
     await m.stop();
     expect(Date.now() - started).toBeLessThan(1000);
+  });
+
+  it('an idle shard is read as soon as wake() says the stream was written, not after the idle wait', async () => {
+    const { stream, dir } = await newStream();
+    const fake = new FakeFunction();
+    const mapping = new KinesisMapping(mappingFor(stream), stream, {
+      kinesis,
+      checkpoints: new CheckpointStore(dir),
+      invoke: fake.invoke,
+      log: () => {},
+      sendToQueue: async () => {},
+      // An idle wait the test outlives many times over: only wake() can end it.
+      idleMs: 3_600_000,
+    });
+    running.push(mapping);
+    await mapping.start();
+    await pause(200);
+    await put(stream, ['w0']);
+    await pause(200);
+    // Without a wake the record waits for the (hour-long) idle wait.
+    expect(fake.events).toHaveLength(0);
+    mapping.wake();
+    await waitUntil(() => fake.batches.flat().includes('w0'));
+    // Records that keep coming while batches run are read without waiting for a wake.
+    await put(stream, ['w1']);
+    mapping.wake();
+    await waitUntil(() => fake.batches.flat().includes('w1'));
+  });
+
+  it('with a batching window, gathers records written during the window into one batch', async () => {
+    const { stream, dir } = await newStream();
+    const fake = new FakeFunction();
+    const m = await startMapping(mappingFor(stream, { maxBatchingWindowMs: 1500 }), stream, fake, dir);
+    await pause(100);
+    await put(stream, ['b0']);
+    m.wake();
+    await pause(100);
+    await put(stream, ['b1', 'b2']);
+    m.wake();
+    await waitUntil(() => fake.batches.flat().length >= 3);
+    expect(fake.batches).toEqual([['b0', 'b1', 'b2']]);
   });
 });
