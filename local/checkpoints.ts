@@ -19,10 +19,13 @@ export class CheckpointStore {
   /**
    * @param debounceMs longest a handled batch waits for its checkpoint write; `LOCAL_HUB_CHECKPOINT_MS`
    * overrides the default (the crash tests set it long to kill the hub between a batch and its checkpoint)
+   * @param onError told of a background write that failed (the checkpoint stays dirty and is written
+   * with the next one, or by {@link flush}, which throws instead)
    */
   constructor(
     dataDir: string,
     private readonly debounceMs = Number(process.env.LOCAL_HUB_CHECKPOINT_MS) || 20,
+    private readonly onError: (error: unknown) => void = () => {},
   ) {
     mkdirSync(dataDir, { recursive: true });
     this.file = path.join(dataDir, 'checkpoints.json');
@@ -42,7 +45,7 @@ export class CheckpointStore {
     this.dirty = true;
     this.timer ??= setTimeout(() => {
       this.timer = undefined;
-      void this.write();
+      this.write().catch((error: unknown) => this.onError(error));
     }, this.debounceMs);
   }
 
@@ -64,6 +67,10 @@ export class CheckpointStore {
     const tmp = `${this.file}.tmp`;
     this.writing = writeFile(tmp, JSON.stringify(this.data))
       .then(() => rename(tmp, this.file))
+      .catch((error: unknown) => {
+        this.dirty = true; // not on disk: the next write or flush tries again
+        throw error;
+      })
       .finally(() => {
         this.writing = undefined;
       });

@@ -418,7 +418,9 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     closers.push(() => httpPublish.close());
 
     progress('starting the stream readers and the service API');
-    const checkpoints = new CheckpointStore(dataDir);
+    const checkpoints = new CheckpointStore(dataDir, undefined, (error) =>
+      log(`checkpoint write failed (kept; written with the next one): ${String(error)}`),
+    );
     closers.push(() => checkpoints.flush()); // closers run in reverse: after the mappings stop
     for (const mapping of model.kinesisMappings) {
       const stream = model.streams.find((s) => s.name === mapping.streamName);

@@ -556,6 +556,7 @@ describe('readTemplate on hand-written templates', () => {
         BisectBatchOnFunctionError: true,
         FunctionResponseTypes: ['ReportBatchItemFailures'],
         MaximumRetryAttempts: 3,
+        MaximumBatchingWindowInSeconds: 2,
         DestinationConfig: { OnFailure: { Destination: { 'Fn::GetAtt': ['Failures', 'Arn'] } } },
       }),
       'stk',
@@ -570,6 +571,8 @@ describe('readTemplate on hand-written templates', () => {
         bisectOnError: true,
         reportBatchItemFailures: true,
         maxRetryAttempts: 3,
+        maxBatchingWindowMs: 2000,
+        parallelizationFactor: 1,
         onFailureQueueName: 'stk-Failures',
       },
     ]);
@@ -593,8 +596,16 @@ describe('readTemplate on hand-written templates', () => {
         bisectOnError: false,
         reportBatchItemFailures: false,
         maxRetryAttempts: -1,
+        maxBatchingWindowMs: 0,
+        parallelizationFactor: 1,
       },
     ]);
+  });
+
+  it('refuses a ParallelizationFactor other than 1, naming it', () => {
+    const message = unsupported(() => readTemplate(mappingTemplate({ ParallelizationFactor: 4 }), 'stk'));
+    expect(message).toContain('ParallelizationFactor 4');
+    expect(message).toContain('Mapping');
   });
 
   it('refuses a mapping whose source is not a Kinesis stream', () => {
