@@ -32,6 +32,23 @@ export interface ClientCertificate {
   readonly chain: readonly Buffer[];
 }
 
+/**
+ * A device the authenticate step let in. With a {@link Identity.policy}, the broker checks `iot:Connect` on
+ * its client id before the CONNACK, `iot:Subscribe` on each filter and `iot:Receive` on each message it
+ * would forward (a denied one is dropped silently, as IoT Core does).
+ */
+export interface AuthenticatedDevice extends Identity {
+  /**
+   * IoT Core's `refreshAfterInSeconds`: every `afterMs` the broker asks `again()` for the connection's
+   * policy; the answer replaces it, a {@link ConnectionRefusedError} closes the connection (another failure
+   * is logged and the policy kept).
+   */
+  readonly refresh?: {
+    readonly afterMs: number;
+    again(): Promise<Identity['policy']>;
+  };
+}
+
 /** Decides who may connect. Issue-level auth (registry, SAS, X.509) plugs in here. */
 export interface Authenticator {
   authenticate(input: {
@@ -39,7 +56,7 @@ export interface Authenticator {
     username: string | undefined;
     password: Buffer | undefined;
     clientCertificate: ClientCertificate | undefined;
-  }): Promise<Identity>;
+  }): Promise<AuthenticatedDevice>;
 }
 
 /** A refused connection, with the MQTT 3.1.1 CONNACK return code to send. */
@@ -66,8 +83,11 @@ export interface BrokerOptions {
    * disconnects the client without PUBACK, so it resends.
    */
   readonly bus: IotCoreBus;
-  /** Why a device may not subscribe to a filter; undefined when it may. */
-  readonly subscribePolicy: (identity: Identity, filter: string) => string | undefined;
+  /**
+   * Why a device whose identity has no {@link Identity.policy} may not subscribe to a filter; undefined
+   * when it may. @default such a device may subscribe to nothing
+   */
+  readonly subscribePolicy?: (identity: Identity, filter: string) => string | undefined;
   /**
    * The identity to publish a stale will under: the will of a device whose connection was lost with a
    * broker that died (SIGKILL, crash) is published when this broker finds it, as IoT Core publishes a will
@@ -154,9 +174,10 @@ export interface RunningBroker extends Subscribers {
 
 /**
  * Starts aedes with persistent sessions (LevelDB under `dataDir/broker`) on plain TCP, TLS and
- * WebSocket listeners. Policy lives in the hooks: who connects (authenticator), what a device may
- * publish and subscribe to (its own topics), and the size limit. Refusals are logged with the
- * reason; the broker stays up.
+ * WebSocket listeners. Policy lives in the hooks: who connects (authenticator), and what a device may
+ * connect as, publish, subscribe to and receive: its IoT policy documents ({@link Identity.policy}), as IoT
+ * Core checks them (publish through the bus, with the size and retain limits). Refusals are logged with
+ * the reason (for a policy, the deciding statement); the broker stays up.
  */
 export async function startBroker(options: BrokerOptions): Promise<RunningBroker> {
   const { log } = options;
@@ -177,6 +198,16 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     return next;
   };
   const retained = new RetainedMessages(options.maxRetainedMessages ?? 500_000);
+  /** Why `identity` may not subscribe to `filter` (its policy's iot:Subscribe, with the deciding statement). */
+  const subscribeRefusal = (identity: Identity, filter: string): string | undefined => {
+    if (identity.policy) {
+      const decision = identity.policy.authorize('iot:Subscribe', filter);
+      return decision.allowed ? undefined : `device '${identity.deviceId}': ${decision.reason}`;
+    }
+    return options.subscribePolicy
+      ? options.subscribePolicy(identity, filter)
+      : `device '${identity.deviceId}' has no policy`;
+  };
   let brokerRef: Aedes | undefined;
 
   /**
@@ -232,19 +263,51 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
               `client id '${client.id}' must equal the device id '${identity.deviceId}'`,
             );
           }
-          identities.set(client, identity);
+          const connect = identity.policy?.authorize('iot:Connect', client.id);
+          if (connect && !connect.allowed) {
+            throw new ConnectionRefusedError(
+              5,
+              `not-authorized: device '${identity.deviceId}': ${connect.reason}`,
+            );
+          }
+          const { refresh, ...connected } = identity;
+          identities.set(client, connected);
+          const onClose = (f: () => void) =>
+            (client as unknown as { conn?: { once?: (e: string, f: () => void) => void } }).conn?.once?.(
+              'close',
+              f,
+            );
+          if (refresh) {
+            const timer = setInterval(() => {
+              refresh.again().then(
+                (policy) => {
+                  const current = identities.get(client);
+                  if (current && policy) identities.set(client, { ...current, policy });
+                },
+                (error: unknown) => {
+                  if (!(error instanceof ConnectionRefusedError)) {
+                    log(`re-authorizing '${client.id}' failed, policy kept: ${(error as Error).message}`);
+                    return;
+                  }
+                  log(`closing '${client.id}': refused when re-authorized: ${error.message}`);
+                  client.close();
+                },
+              );
+            }, refresh.afterMs);
+            timer.unref();
+            onClose(() => clearInterval(timer));
+          }
           if (identity.expiresAt) {
             // setTimeout holds at most ~24.8 days; a longer-lived token is cut off then and reconnects.
             const ms = Math.max(0, Math.min(identity.expiresAt.getTime() - Date.now(), 2 ** 31 - 1));
             const timer = setTimeout(() => {
-              log(`closing '${client.id}': its SAS token expired`);
+              log(
+                `closing '${client.id}': its SAS token expired (or the authorizer's disconnectAfterInSeconds passed)`,
+              );
               client.close();
             }, ms);
             timer.unref();
-            (client as unknown as { conn?: { once?: (e: string, f: () => void) => void } }).conn?.once?.(
-              'close',
-              () => clearTimeout(timer),
-            );
+            onClose(() => clearTimeout(timer));
           }
           done(null, true);
         })
@@ -296,11 +359,18 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
         },
       );
     },
-    // Basic Ingest skips the message broker: such a publish goes to its rule, never to subscribers.
-    authorizeForward: (_client, packet) => (packet.topic.startsWith('$aws/rules/') ? null : packet),
+    // Basic Ingest skips the message broker: such a publish goes to its rule, never to subscribers. A
+    // subscriber gets a message only if its policy allows iot:Receive on the topic; IoT Core drops the
+    // others silently (the subscription stays).
+    authorizeForward: (client, packet) => {
+      if (packet.topic.startsWith('$aws/rules/')) return null;
+      const policy = client ? identities.get(client)?.policy : undefined;
+      if (policy && !policy.authorize('iot:Receive', packet.topic).allowed) return null;
+      return packet;
+    },
     authorizeSubscribe: (client, sub: Subscription, done) => {
       const identity = client ? identities.get(client) : undefined;
-      const denied = identity ? options.subscribePolicy(identity, sub.topic) : 'unauthenticated client';
+      const denied = identity ? subscribeRefusal(identity, sub.topic) : 'unauthenticated client';
       if (denied) {
         log(`subscribe refused: ${denied}`);
         return done(null, null);
@@ -375,7 +445,7 @@ export async function startBroker(options: BrokerOptions): Promise<RunningBroker
     if (!client || client.closed) return;
     const identity = identities.get(client);
     if (!identity) return;
-    const held = unsubscriptions.filter((topic) => !options.subscribePolicy(identity, topic));
+    const held = unsubscriptions.filter((topic) => !subscribeRefusal(identity, topic));
     subscription(client, 'unsubscribed', held);
   });
 

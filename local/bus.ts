@@ -2,7 +2,7 @@
  * The local IoT Core message bus: the one path every publish takes, whichever door it came in by.
  *
  *   publish(message, from)
- *     1. authorize   a device's publish: topic name rules, size, retain rules, the device's topic policy
+ *     1. authorize   a device's publish: topic name rules, its policy documents' iot:Publish, size, retain rules
  *     2. rules       every matching IoT rule runs its actions; resolves once each action made it durable
  *     3. subscribers the broker's MQTT subscribers (not for Basic Ingest topics, which reach rules only)
  *     4. shadows     a Device Shadow request topic (`$aws/things/{thing}/shadow/...get|update|delete`)
@@ -17,6 +17,7 @@
  * right after. IoT Core acknowledges before its rules run; locally the stricter order keeps the
  * at-least-once tests honest.
  */
+import type { ConnectionPolicy } from './iot-policy.ts';
 import type { IngestInput } from './rules-engine.ts';
 import { topicNameProblem } from './topic-name.ts';
 
@@ -28,6 +29,12 @@ export interface Identity {
   readonly principal: string;
   /** When the credential expires; the connection is closed then, as IoT Hub does. */
   readonly expiresAt?: Date;
+  /**
+   * The IoT policy documents of the connection (the custom authorizer's answer, or the thing policy of an
+   * X.509 certificate), bound to it: when present, they alone decide `iot:Publish` (and the broker's
+   * connect, subscribe and receive). Without it (HTTPS publish, a stale will) {@link BusOptions.policy} does.
+   */
+  readonly policy?: ConnectionPolicy;
 }
 
 /** Who publishes: a device (authorized by its policy) or the service itself (trusted). */
@@ -78,6 +85,7 @@ export class PublishRefusedError extends Error {
 
 /** Options of {@link IotCoreBus}. */
 export interface BusOptions {
+  /** What a device may publish to when its identity carries no {@link Identity.policy}. */
   readonly policy: PublishPolicy;
   /** Largest payload a device may publish. */
   readonly maxMessageBytes: number;
@@ -127,8 +135,15 @@ export class IotCoreBus {
     const { topic } = message;
     const problem = topicNameProblem(topic);
     if (problem) throw new PublishRefusedError('topic', `device '${identity.deviceId}': ${problem}`);
-    const denied = this.options.policy(identity, topic);
-    if (denied) throw new PublishRefusedError('policy', denied);
+    if (identity.policy) {
+      const decision = identity.policy.authorize('iot:Publish', topic);
+      if (!decision.allowed) {
+        throw new PublishRefusedError('policy', `device '${identity.deviceId}': ${decision.reason}`);
+      }
+    } else {
+      const denied = this.options.policy(identity, topic);
+      if (denied) throw new PublishRefusedError('policy', denied);
+    }
     const bytes = message.payload.length;
     if (bytes > this.options.maxMessageBytes) {
       throw new PublishRefusedError(

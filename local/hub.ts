@@ -3,17 +3,13 @@ import * as path from 'node:path';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { DynamoDbCaCertificateStore } from '../functions/adapters/ca-store-dynamodb.ts';
 import { DynamoDbDeviceRegistry } from '../functions/adapters/registry-dynamodb.ts';
-import { authenticateDevice, connectionRefusal } from '../functions/core/identity/authenticate.ts';
+import { authenticateDevice } from '../functions/core/identity/authenticate.ts';
 import { CaCertificates } from '../functions/core/identity/ca-certificates.ts';
 import type { DeviceRegistry } from '../functions/core/identity/registry.ts';
-import {
-  BASIC_INGEST_RULE_ENV,
-  publishRefusal,
-  subscribeRefusal,
-} from '../functions/core/identity/topics.ts';
-import { DEVICE_POLICY_ENV } from '../functions/core/identity/x509-provisioning.ts';
+import { BASIC_INGEST_RULE_ENV, publishRefusal } from '../functions/core/identity/topics.ts';
+import { DEVICE_POLICY_ENV, thingPolicyDocument } from '../functions/core/identity/x509-provisioning.ts';
 import { PROJECT_ROOT } from '../lib/function-metadata.ts';
-import { type Authenticator, ConnectionRefusedError, type RunningBroker, startBroker } from './broker.ts';
+import { type RunningBroker, startBroker } from './broker.ts';
 import { IotCoreBus } from './bus.ts';
 import { CheckpointStore } from './checkpoints.ts';
 import { startDataPlane } from './data-plane.ts';
@@ -29,9 +25,11 @@ import {
 } from './emulators.ts';
 import { startEndpointServices } from './endpoint-services.ts';
 import { startEventBridge } from './eventbridge.ts';
+import { findCustomAuthorizer, frontDoorAuthenticator, policyTargetOfFunction } from './front-door.ts';
 import { startFunctionUrl } from './function-url.ts';
 import { startHttpsPublish } from './https-publish.ts';
 import { startIotControlPlane } from './iot-control-plane.ts';
+import { compilePolicies } from './iot-policy.ts';
 import { KinesisMapping } from './kinesis-mapping.ts';
 import { LambdaRunner } from './lambda-runner.ts';
 import { RulesEngine } from './rules-engine.ts';
@@ -238,11 +236,16 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     // The IoT Core bus: every publish, whichever door it comes in by, is authorized, runs the rules,
     // reaches the broker's subscribers and the shadow service, in that order (local/bus.ts). The
     // rules, the shadow service and the broker attach to it below, as each exists.
-    const basicIngestRule = model.functions.find((f) => f.entry === 'functions/authorizer.ts')?.environment[
-      BASIC_INGEST_RULE_ENV
-    ];
+    // The front door's custom authorizer is the function the template's AWS::IoT::Authorizer invokes.
+    const customAuthorizer = findCustomAuthorizer(options.template);
+    const authorizerFunction = model.functions.find(
+      (f) => f.logicalId === customAuthorizer?.functionLogicalId,
+    );
+    const basicIngestRule = authorizerFunction?.environment[BASIC_INGEST_RULE_ENV];
     const bus = new IotCoreBus({
       maxMessageBytes: options.maxMessageBytes,
+      // MQTT connections carry their policy documents (Identity.policy); this decides for the doors whose
+      // identities have none: HTTPS publish (which checks the same before) and stale wills.
       policy: (identity, topic) => publishRefusal(identity.deviceId, topic, { basicIngestRule }),
       log,
     });
@@ -332,10 +335,24 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
     const caCertificates = new CaCertificates(
       new DynamoDbCaCertificateStore({ client: documents, tableName: registryTable }),
     );
-    const authenticator: Authenticator = {
-      // The same decision the cloud's custom authorizer makes, against the same registry table.
-      authenticate: async ({ clientId, username, password, clientCertificate }) => {
-        const decision = await authenticateDevice(
+    // The IoT policy ARNs name the account and region the local functions run in (the authorizer takes them
+    // from its function ARN, as in the cloud).
+    const target = policyTargetOfFunction(authorizerFunction?.arn ?? model.functions[0]?.arn ?? '');
+    const authenticator = frontDoorAuthenticator({
+      invokeAuthorizer:
+        authorizerFunction === undefined
+          ? undefined
+          : (event) => runner.invoke(authorizerFunction.logicalId, event),
+      authorizerName: authorizerFunction?.logicalId ?? '(none)',
+      target,
+      // The policy the stack attaches to every device certificate, for this hub's account and region.
+      thingPolicy: compilePolicies([
+        thingPolicyDocument({ ...target, ...(basicIngestRule ? { basicIngestRule } : {}) }),
+      ]),
+      // The same decision the cloud makes, against the same registry table: X.509 certificates (checked
+      // against the registry and, for CA-signed devices, the registered CAs), and why an authorizer refused.
+      decide: async ({ clientId, username, password, clientCertificate }) =>
+        authenticateDevice(
           {
             clientId,
             username,
@@ -348,18 +365,9 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
             },
           },
           { registry, hostName: options.hostName, now: () => new Date() },
-        );
-        if (!decision.ok) {
-          const refusal = connectionRefusal(decision);
-          throw new ConnectionRefusedError(refusal.returnCode, refusal.message);
-        }
-        return {
-          deviceId: decision.deviceId,
-          principal: decision.principal,
-          ...(decision.expiresAt ? { expiresAt: decision.expiresAt } : {}),
-        };
-      },
-    };
+        ),
+      log,
+    });
 
     progress('starting the MQTT broker');
     const certificate = await serverCertificate(dataDir);
@@ -376,7 +384,6 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       certificate,
       authenticator,
       bus,
-      subscribePolicy: (identity, filter) => subscribeRefusal(identity.deviceId, filter),
       staleWillIdentity: async (deviceId) => {
         const device = await registry.find(deviceId);
         if (device?.status !== 'enabled') return undefined;

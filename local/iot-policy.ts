@@ -552,3 +552,25 @@ export function compilePolicies(documents: readonly (string | object)[]): Compil
     },
   };
 }
+
+/**
+ * A connection's policy as the broker asks it: by action and plain name (a client id for connect, a topic
+ * for publish and receive, a filter for subscribe), the resource ARN built for the hub's account and region.
+ * What the broker keeps per connection, so no caller builds ARNs by hand.
+ */
+export interface ConnectionPolicy {
+  authorize(action: IotAction, name: string): PolicyDecision;
+}
+
+/**
+ * `policy` bound to one connection's `context` (variables and conditions resolved once) and to `target`,
+ * the partition, region and account the documents' ARNs name.
+ */
+export function connectionPolicy(
+  policy: CompiledPolicy,
+  context: PolicyContext,
+  target: PolicyTarget,
+): ConnectionPolicy {
+  const bound = policy.forContext(context);
+  return { authorize: (action, name) => bound.authorize(action, resourceArnFor(action, target, name)) };
+}

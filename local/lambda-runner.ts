@@ -72,6 +72,7 @@ class Environment {
         mode: code.mode,
         moduleUrl: code.moduleUrl,
         functionName: fn.name,
+        functionArn: fn.arn,
         timeoutMs: fn.timeoutSeconds * 1000,
         sourceMaps: /(^|\s)--enable-source-maps(\s|$)/.test(env.NODE_OPTIONS ?? ''),
       },

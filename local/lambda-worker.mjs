@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
 
-const { mode, moduleUrl, functionName, timeoutMs, sourceMaps } = workerData;
+const { mode, moduleUrl, functionName, functionArn, timeoutMs, sourceMaps } = workerData;
 // NODE_OPTIONS is not read by worker threads: honour the template's --enable-source-maps here, so a
 // bundle's stack traces name the TypeScript sources as they do in Lambda.
 if (sourceMaps) process.setSourceMapsEnabled(true);
@@ -31,6 +31,8 @@ parentPort.on('message', async ({ id, event }) => {
   const started = Date.now();
   const context = {
     functionName,
+    // What Lambda passes: the custom authorizer takes its policy ARNs' partition, region and account from it.
+    invokedFunctionArn: functionArn,
     awsRequestId: randomUUID(),
     getRemainingTimeInMillis: () => Math.max(0, timeoutMs - (Date.now() - started)),
     callbackWaitsForEmptyEventLoop: false,

@@ -1,17 +1,21 @@
 /**
- * Contract: the hand-written topic policy the local broker enforces (`publishRefusal`/`subscribeRefusal` in
- * `topics.ts`) gives the same allow/deny as the IoT policy documents the cloud enforces, evaluated by
- * `local/iot-policy.ts` as IoT Core evaluates them:
+ * Contract, part 1: the hand-written topic policy (`publishRefusal`/`subscribeRefusal` in `topics.ts`, which
+ * the HTTPS publish door and stale wills still use) gives the same allow/deny as the IoT policy documents
+ * the cloud enforces, evaluated by `local/iot-policy.ts` as IoT Core evaluates them:
  * (a) the custom authorizer's per-device documents (`devicePolicyDocuments`, the SAS path), and
  * (b) the thing policy attached to X.509 certificates (`thingPolicyDocument` with `ThingName = id` and
  *     `IsAttached = true`; thing-name ids only, as only those can be X.509 things),
  * over every topic family × the own device / other devices (including ids with `*`, `?`, `$`, `.` and a
  * 128-character id) × connect / publish / subscribe / receive, with Basic Ingest off and on.
  *
- * Receive: the local broker does not check receive separately; it forwards every message that matches a
- * subscription the device was allowed to make (`authorizeForward` only keeps Basic Ingest publishes from
- * subscribers). So "local allows receive of T" here means: some filter `subscribeRefusal` allows matches T.
- * Connect: the broker requires the client id to equal the authenticated device id.
+ * Receive: topics.ts has no receive rule; a broker enforcing it alone would forward every message that
+ * matches a subscription the device was allowed to make. So "topics.ts allows receive of T" here means:
+ * some filter `subscribeRefusal` allows matches T. Connect: the client id must equal the device id.
+ *
+ * Part 2: the local front door (`local/front-door.ts`, as the hub builds it: the stack's authorizer handler
+ * invoked with IoT Core's event for a real SAS token, or the X.509 thing policy) decides every case as the
+ * cloud documents do, with the broker's own rules on top (client id = device id; a message is forwarded
+ * when a subscription matches and `iot:Receive` allows it), and differs from topics.ts only as listed.
  *
  * How IoT Core matches a subscription: against `topicfilter/{filter as written}`, where `+` and `#` are plain
  * characters and the policy's `*` matches any run of characters, so `topicfilter/devices/d1/*` matches the
@@ -21,11 +25,22 @@
  * {@link KNOWN_DIFFERENCES} with the reason; the test fails on any other difference, and on a listed one that
  * no longer occurs.
  */
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import { MemoryDeviceRegistry } from '../../functions/adapters/registry-memory.ts';
+import { makeHandler } from '../../functions/authorizer.ts';
 import { devicePolicyDocuments } from '../../functions/core/identity/policy.ts';
+import { createSasToken, deviceResourceUri } from '../../functions/core/identity/sas.ts';
 import { isThingName, publishRefusal, subscribeRefusal } from '../../functions/core/identity/topics.ts';
 import { thingPolicyDocument } from '../../functions/core/identity/x509-provisioning.ts';
+import type { Identity } from '../../local/bus.ts';
+import { frontDoorAuthenticator } from '../../local/front-door.ts';
 import { compilePolicies, type IotAction, resourceArnFor } from '../../local/iot-policy.ts';
+
+// The authorizer module builds its default handler at import (cold start) and fails without its environment.
+vi.hoisted(() => {
+  process.env.REGISTRY_TABLE_NAME ??= 'registry-test';
+  process.env.HUB_HOSTNAME ??= 'hub.example.com';
+});
 
 const target = { partition: 'aws', region: 'eu-west-1', account: '123456789012' };
 const RULE = 'hub_ingest';
@@ -138,13 +153,18 @@ const GLOBAL_CASES: Case[] = [
   { action: 'iot:Publish', name: 'foo/bar' },
 ];
 
-/** Whether the local broker would forward a message on `topic` to `id`: some filter it may hold matches. */
-function brokerForwards(id: string, topic: string): boolean {
+/** Whether a broker would forward a message on `topic` to `id`: some filter `maySubscribe` allows matches. */
+function forwardsWith(topic: string, maySubscribe: (filter: string) => boolean): boolean {
   const levels = topic.split('/');
   // The topic itself, and every `{ancestor}/#` (which in MQTT also matches its parent level).
   const filters = [topic];
   for (let k = 0; k <= levels.length; k++) filters.push([...levels.slice(0, k), '#'].join('/'));
-  return filters.some((filter) => subscribeRefusal(id, filter) === undefined);
+  return filters.some(maySubscribe);
+}
+
+/** Whether a broker enforcing topics.ts alone would forward a message on `topic` to `id`. */
+function brokerForwards(id: string, topic: string): boolean {
+  return forwardsWith(topic, (filter) => subscribeRefusal(id, filter) === undefined);
 }
 
 /** What the local broker decides today. */
@@ -186,7 +206,7 @@ const KNOWN_DIFFERENCES: readonly {
     // broker forwards whatever a subscription matches (it checks no receive). IoT Core checks
     // `iot:Receive` per message against `topic/devices/{id}/*`, which `devices/{id}` does not match, so it
     // drops the message. IoT Core is right; no device may publish there (publish needs the same `/`), so
-    // only the hub itself could. Gone once the broker checks receive with the evaluator.
+    // only the hub itself could. The local front door checks receive with the documents, as IoT Core does.
     why: 'the broker forwards the parent level of an allowed `#` filter; IoT Core denies its receive',
     applies: (id, c) =>
       c.action === 'iot:Receive' && (c.name === `devices/${id}` || c.name === `$aws/things/${id}/shadow`),
@@ -288,5 +308,152 @@ describe('the contract test itself', () => {
     expect(brokerForwards('d1', '$aws/events/presence/connected/d1')).toBe(false);
     expect(brokerForwards('d1', 'devices/d1')).toBe(true);
     expect(brokerForwards('d1', 'devices')).toBe(false);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Part 2: the local front door.
+
+const HOST = 'hub.example.com';
+const KEY = Buffer.alloc(32, 5).toString('base64');
+const FUNCTION_ARN = `arn:${target.partition}:lambda:${target.region}:${target.account}:function:hub-authorizer`;
+
+/** The front door as `local/hub.ts` builds it, with the authorizer handler run in this process. */
+async function frontDoorFor(basicIngestRule: string | undefined) {
+  const registry = new MemoryDeviceRegistry();
+  for (const deviceId of DEVICES) {
+    await registry.create({
+      deviceId,
+      authentication: { type: 'sas', symmetricKey: { primaryKey: KEY, secondaryKey: KEY } },
+    });
+  }
+  const quiet = { info: () => {}, warn: () => {}, error: () => {} };
+  const authorizer = makeHandler({ registry, hostName: HOST, log: quiet, basicIngestRule });
+  return frontDoorAuthenticator({
+    invokeAuthorizer: (event) => authorizer(event, { invokedFunctionArn: FUNCTION_ARN }),
+    authorizerName: 'hub-authorizer',
+    target,
+    thingPolicy: compilePolicies([
+      thingPolicyDocument({ ...target, ...(basicIngestRule ? { basicIngestRule } : {}) }),
+    ]),
+    // X.509: the registry and CA checks passed (the certificate is the device's own).
+    decide: async ({ clientId }) => ({
+      ok: true,
+      deviceId: clientId,
+      authType: 'selfSigned',
+      principal: `selfSigned:${clientId}`,
+    }),
+    log: () => {},
+  });
+}
+
+/** What the front door lets `identity` do: its policy, and the broker's own rules on top. */
+function frontDoor(identity: Identity, c: Case): boolean {
+  const policy = identity.policy;
+  if (policy === undefined) throw new Error(`the front door gave '${identity.deviceId}' no policy`);
+  const allows = (action: IotAction, name: string) => policy.authorize(action, name).allowed;
+  switch (c.action) {
+    case 'iot:Connect':
+      return c.name === identity.deviceId && allows('iot:Connect', c.name);
+    case 'iot:Publish':
+    case 'iot:Subscribe':
+      return allows(c.action, c.name);
+    case 'iot:Receive':
+      return (
+        forwardsWith(c.name, (filter) => allows('iot:Subscribe', filter)) && allows('iot:Receive', c.name)
+      );
+  }
+}
+
+describe.each([
+  ['off', undefined],
+  ['on', RULE],
+])('the local front door, Basic Ingest %s', (_label, basicIngestRule) => {
+  it.each(['sas', 'x509'] as const)(
+    'decides every case of a %s connection as the cloud documents do, and as topics.ts up to the listed difference',
+    async (path) => {
+      const door = await frontDoorFor(basicIngestRule);
+      const x509 = compilePolicies([
+        thingPolicyDocument({ ...target, ...(basicIngestRule ? { basicIngestRule } : {}) }),
+      ]);
+      const againstCloud: Mismatch[] = [];
+      const againstTopics: Mismatch[] = [];
+      const known = new Set<string>();
+      let checked = 0;
+      for (const id of DEVICES) {
+        if (path === 'x509' && !isThingName(id)) continue;
+        const password =
+          path === 'sas'
+            ? Buffer.from(
+                createSasToken({
+                  resourceUri: deviceResourceUri(HOST, id),
+                  key: KEY,
+                  expiresAt: new Date(Date.now() + 3_600_000),
+                }),
+              )
+            : undefined;
+        const identity = await door.authenticate({
+          clientId: id,
+          username: undefined,
+          password,
+          clientCertificate:
+            path === 'x509' ? { thumbprintSha1: 'aa', thumbprintSha256: 'bb', chain: [] } : undefined,
+        });
+        const cloud =
+          path === 'sas'
+            ? compilePolicies(devicePolicyDocuments({ deviceId: id, ...target, basicIngestRule })).forContext(
+                {
+                  clientId: id,
+                },
+              )
+            : x509.forContext({ clientId: id, thingName: id, isAttached: true });
+        const subjects = [id, ...othersOf(id)];
+        for (const c of [...subjects.flatMap((s) => [...casesFor(s), ...probesFor(s)]), ...GLOBAL_CASES]) {
+          checked++;
+          const door = frontDoor(identity, c);
+          const cloudAllows = cloud.authorize(c.action, resourceArnFor(c.action, target, c.name)).allowed;
+          // The broker adds one rule to IoT Core's: the client id is the device id.
+          const cloudDoor = c.action === 'iot:Connect' ? cloudAllows && c.name === id : cloudAllows;
+          if (door !== cloudDoor) {
+            againstCloud.push({ device: id, action: c.action, name: c.name, local: door, cloud: cloudDoor });
+          }
+          if (door !== local(id, c, basicIngestRule)) {
+            const difference = KNOWN_DIFFERENCES.find((k) => k.applies(id, c));
+            if (difference === undefined) {
+              againstTopics.push({
+                device: id,
+                action: c.action,
+                name: c.name,
+                local: door,
+                cloud: cloudAllows,
+              });
+            } else known.add(difference.why);
+          }
+        }
+      }
+      expect(checked).toBeGreaterThan(path === 'sas' ? 1500 : 500);
+      expect(againstCloud).toEqual([]);
+      expect(againstTopics).toEqual([]);
+      // The same differences as topics.ts vs the documents: on each, the front door sides with IoT Core.
+      expect([...known].sort()).toEqual(KNOWN_DIFFERENCES.map((k) => k.why).sort());
+    },
+  );
+
+  it('refuses a client id the authorizer did not authenticate', async () => {
+    const door = await frontDoorFor(basicIngestRule);
+    const token = createSasToken({
+      resourceUri: deviceResourceUri(HOST, 'd1'),
+      key: KEY,
+      expiresAt: new Date(Date.now() + 3_600_000),
+    });
+    // The authorizer refuses; the in-process decision (here: an X.509 stand-in that accepts) cannot let it in.
+    await expect(
+      door.authenticate({
+        clientId: 'a*',
+        username: undefined,
+        password: Buffer.from(token),
+        clientCertificate: undefined,
+      }),
+    ).rejects.toMatchObject({ name: 'ConnectionRefusedError', returnCode: 5 });
   });
 });
