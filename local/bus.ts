@@ -152,7 +152,10 @@ export class IotCoreBus {
       );
     }
     const retainedLimit = this.options.maxRetainedBytes ?? 131_072;
-    if (message.retain && !topic.startsWith(`devices/${identity.deviceId}/`)) {
+    const retainAllowed = identity.policy
+      ? identity.policy.authorize('iot:RetainPublish', topic).allowed
+      : topic.startsWith(`devices/${identity.deviceId}/`);
+    if (message.retain && !retainAllowed) {
       throw new PublishRefusedError(
         'retain',
         `device '${identity.deviceId}' sent a retained message on '${topic}'; its policy grants iot:RetainPublish on devices/${identity.deviceId}/* only`,

@@ -32,7 +32,7 @@ import { ValidationError } from '../functions/core/errors.ts';
 import type { PolicyTarget } from '../functions/core/identity/policy.ts';
 
 /** The IoT Core data-plane actions the broker checks. */
-export type IotAction = 'iot:Connect' | 'iot:Publish' | 'iot:Subscribe' | 'iot:Receive';
+export type IotAction = 'iot:Connect' | 'iot:Publish' | 'iot:RetainPublish' | 'iot:Subscribe' | 'iot:Receive';
 
 /**
  * What IoT Core knows about a connection when it evaluates a policy: the values of the policy variables and
@@ -119,6 +119,7 @@ export function resourceArnFor(action: IotAction, target: PolicyTarget, name: st
     case 'iot:Subscribe':
       return topicFilterArn(target, name);
     case 'iot:Publish':
+    case 'iot:RetainPublish':
     case 'iot:Receive':
       return topicArn(target, name);
   }

@@ -139,6 +139,13 @@ function casesFor(s: string): Case[] {
     rcv(shadow),
     // MQTT 5 shared subscriptions name the filter behind `$share/{group}/`.
     sub(`$share/g/devices/${s}/messages/devicebound/#`),
+    // Retained publishes: own devices/ topics only, never shadow or reserved topics.
+    ...[
+      `devices/${s}/state`,
+      `devices/${s}/messages/events/`,
+      `${shadow}/update`,
+      `$aws/rules/${RULE}/devices/${s}/messages/events`,
+    ].map((name): Case => ({ action: 'iot:RetainPublish', name })),
   ];
 }
 
@@ -174,6 +181,9 @@ function local(id: string, c: Case, basicIngestRule: string | undefined): boolea
       return c.name === id;
     case 'iot:Publish':
       return publishRefusal(id, c.name, { basicIngestRule }) === undefined;
+    case 'iot:RetainPublish':
+      // The bus's rule for an identity without policy documents (local/bus.ts).
+      return c.name.startsWith(`devices/${id}/`);
     case 'iot:Subscribe':
       return subscribeRefusal(id, c.name) === undefined;
     case 'iot:Receive':
@@ -356,6 +366,7 @@ function frontDoor(identity: Identity, c: Case): boolean {
     case 'iot:Connect':
       return c.name === identity.deviceId && allows('iot:Connect', c.name);
     case 'iot:Publish':
+    case 'iot:RetainPublish':
     case 'iot:Subscribe':
       return allows(c.action, c.name);
     case 'iot:Receive':

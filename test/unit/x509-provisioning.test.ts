@@ -456,6 +456,10 @@ describe('thingPolicyDocument', () => {
           `${arn}:topicfilter/$aws/things/${THING_NAME_VARIABLE}/shadow/*`,
         ],
       }),
+      expect.objectContaining({
+        Action: ['iot:RetainPublish'],
+        Resource: [`${arn}:topic/devices/${THING_NAME_VARIABLE}/*`],
+      }),
     ]);
     for (const statement of doc.Statement) {
       expect(statement.Condition).toEqual({ Bool: { 'iot:Connection.Thing.IsAttached': 'true' } });

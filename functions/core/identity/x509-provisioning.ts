@@ -179,6 +179,13 @@ export function thingPolicyDocument(input: ThingPolicyInput): {
         Resource: own.map((t) => `${arn}:topicfilter/${t}`),
         Condition: attached,
       },
+      {
+        // Retained messages on its own devices/ topics only, as SAS devices (devicePolicyDocument).
+        Effect: 'Allow',
+        Action: ['iot:RetainPublish'],
+        Resource: [`${arn}:topic/devices/${THING_NAME_VARIABLE}/*`],
+        Condition: attached,
+      },
     ],
   };
 }
