@@ -139,6 +139,10 @@ async function startKinesisLocal(dir: string): Promise<{ url: string; close(): P
         ...process.env,
         KINESIS_MOCK_PLAIN_PORT: String(port),
         KINESIS_MOCK_TLS_PORT: String(await freePort()),
+        // Its TLS certificate ships next to main.js; it reads it relative to the working directory by default.
+        KINESIS_MOCK_CERT_PATH: fileURLToPath(
+          new URL('../node_modules/kinesis-local/server.json', import.meta.url),
+        ),
         CREATE_STREAM_DURATION: '0ms',
         SHOULD_PERSIST_DATA: 'true',
         PERSIST_PATH: dir,

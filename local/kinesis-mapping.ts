@@ -40,8 +40,12 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 export class KinesisMapping {
   private stopped = false;
   private readonly loops: Promise<void>[] = [];
-  /** A write was noticed since the shard loops last polled. */
-  private written = false;
+  /**
+   * Writes noticed so far. Each shard loop remembers the count before it reads and waits only if no
+   * write came since: one flag shared by the shards' loops let one loop clear a wake another had not
+   * seen yet, leaving a record on the other shard for the whole idle wait.
+   */
+  private writes = 0;
   private waiters: (() => void)[] = [];
 
   constructor(
@@ -70,15 +74,15 @@ export class KinesisMapping {
    * record is read as soon as it is written, not after the idle wait.
    */
   wake(): void {
-    this.written = true;
+    this.writes += 1;
     const waiters = this.waiters;
     this.waiters = [];
     for (const w of waiters) w();
   }
 
   /** Waits for a write (or the idle wait, in case one went unnoticed), unless one came meanwhile. */
-  private idle(): Promise<void> {
-    if (this.written || this.stopped) return Promise.resolve();
+  private idle(seen: number): Promise<void> {
+    if (this.writes !== seen || this.stopped) return Promise.resolve();
     return new Promise<void>((resolve) => {
       const timer = setTimeout(done, this.deps.idleMs ?? 1000);
       const waiters = this.waiters;
@@ -117,7 +121,7 @@ export class KinesisMapping {
       try {
         iterator ??= await this.iterator(shardId);
         if (!iterator) return;
-        this.written = false;
+        let seen = this.writes;
         let out = await this.deps.kinesis.send(
           new GetRecordsCommand({ ShardIterator: iterator, Limit: this.mapping.batchSize }),
         );
@@ -126,8 +130,8 @@ export class KinesisMapping {
         if (window > 0 && records.length > 0) {
           const closes = Date.now() + window;
           while (records.length < this.mapping.batchSize && Date.now() < closes && !this.stopped) {
-            if (!out.MillisBehindLatest) await this.idleFor(closes - Date.now());
-            this.written = false;
+            if (!out.MillisBehindLatest) await this.idleFor(closes - Date.now(), seen);
+            seen = this.writes;
             out = await this.deps.kinesis.send(
               new GetRecordsCommand({
                 ShardIterator: out.NextShardIterator,
@@ -142,9 +146,8 @@ export class KinesisMapping {
         if (records.length > 0) {
           await this.handleBatch(shardId, records);
           // Records may be waiting behind this batch: read again at once.
-          this.written = true;
         } else {
-          await this.idle();
+          await this.idle(seen);
         }
       } catch (error) {
         if (this.stopped) return;
@@ -158,9 +161,9 @@ export class KinesisMapping {
     }
   }
 
-  private async idleFor(ms: number): Promise<void> {
-    if (this.written || ms <= 0) return;
-    await Promise.race([this.idle(), sleep(ms)]);
+  private async idleFor(ms: number, seen: number): Promise<void> {
+    if (this.writes !== seen || ms <= 0) return;
+    await Promise.race([this.idle(seen), sleep(ms)]);
   }
 
   private event(shardId: string, records: readonly _Record[]) {
