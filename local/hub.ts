@@ -33,7 +33,7 @@ import { startFunctionUrl } from './function-url.ts';
 import { startHttpsPublish } from './https-publish.ts';
 import { startIotControlPlane } from './iot-control-plane.ts';
 import { KinesisMapping } from './kinesis-mapping.ts';
-import { LambdaRunner } from './lambda-runner.ts';
+import { environmentLimitsFromEnv, LambdaRunner } from './lambda-runner.ts';
 import { RulesEngine } from './rules-engine.ts';
 import { refuseServiceCaller, serviceCredentials } from './service-credentials.ts';
 import { ShadowService } from './shadow.ts';
@@ -298,6 +298,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       },
       log,
       codeDir: path.join(dataDir, 'functions'),
+      ...environmentLimitsFromEnv(process.env),
       ...(options.assetDirOf ? { assetDirOf: options.assetDirOf } : {}),
       sendToQueue: (queueName, body) =>
         services.sendToQueue(model.queues.find((q) => q.name === queueName)?.arn ?? queueName, body),
