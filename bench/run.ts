@@ -11,13 +11,14 @@ import { availableParallelism, loadavg } from 'node:os';
 import { c2d } from './c2d.ts';
 import { d2c } from './d2c.ts';
 import { type Bench, type BenchContext, fmt, markdownTable } from './harness.ts';
+import { memory } from './memory.ts';
 import { routing } from './routing.ts';
 
 // The SDK's "Node 20 support ends" notice would land in the middle of the tables.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 /** Every bench, in the order `npm run bench` runs them. */
-const BENCHES: readonly Bench[] = [routing, d2c, c2d];
+const BENCHES: readonly Bench[] = [routing, d2c, c2d, memory];
 
 function cpuModel(): string {
   try {

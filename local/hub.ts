@@ -31,7 +31,7 @@ import { startHttpsPublish } from './https-publish.ts';
 import { startIotControlPlane } from './iot-control-plane.ts';
 import { compilePolicies } from './iot-policy.ts';
 import { KinesisMapping } from './kinesis-mapping.ts';
-import { LambdaRunner } from './lambda-runner.ts';
+import { environmentLimitsFromEnv, LambdaRunner } from './lambda-runner.ts';
 import { RulesEngine } from './rules-engine.ts';
 import { refuseServiceCaller, serviceCredentials } from './service-credentials.ts';
 import { ShadowService } from './shadow.ts';
@@ -301,6 +301,7 @@ export async function startLocalHub(options: LocalHubOptions): Promise<LocalHub>
       },
       log,
       codeDir: path.join(dataDir, 'functions'),
+      ...environmentLimitsFromEnv(process.env),
       ...(options.assetDirOf ? { assetDirOf: options.assetDirOf } : {}),
       sendToQueue: (queueName, body) =>
         services.sendToQueue(model.queues.find((q) => q.name === queueName)?.arn ?? queueName, body),

@@ -23,6 +23,23 @@ export class FunctionError extends Error {
 /** The Lambda "environments per function" when the template sets no `ReservedConcurrentExecutions`. */
 export const DEFAULT_LOCAL_CONCURRENCY = 4;
 
+/**
+ * How long an environment may sit idle before it is retired. Each environment is a worker thread
+ * (a V8 isolate with the function's bundle loaded, about 60 MB), and without retirement every
+ * environment a burst started stayed for the hub's life: 19 of them, 1.1 GB, after one load of the
+ * memory bench. Lambda too reclaims idle environments (after minutes; locally memory is dearer
+ * than a cold start). `HUB_LAMBDA_IDLE_MS` overrides it for the hub.
+ */
+export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
+
+/**
+ * Most environments the runner keeps across all functions before it retires idle ones (the least
+ * recently used first) to make room for a new one. A soft cap: when every environment is busy a
+ * new one still starts (up to its function's own limit), so an invocation never waits on the cap
+ * and nested invocations cannot deadlock. `HUB_LAMBDA_MAX_ENVIRONMENTS` overrides it for the hub.
+ */
+export const DEFAULT_MAX_ENVIRONMENTS = 8;
+
 /** How a function's code is loaded in its environments. */
 type Code =
   /** The bundle `cdk synth` built: `index.mjs` in the asset directory, which is `LAMBDA_TASK_ROOT`. */
@@ -59,13 +76,17 @@ class Environment {
   private nextId = 0;
   /** True once this environment must not run anything again. */
   dead = false;
+  /** When it last finished an invocation (or started), on the runner's clock: idle retirement reads it. */
+  lastUsed: number;
 
   constructor(
     private readonly fn: LocalFunction,
     code: Code,
     env: Record<string, string>,
     private readonly log: (line: string) => void,
+    now: number,
   ) {
+    this.lastUsed = now;
     const worker = new Worker(new URL('./lambda-worker.mjs', import.meta.url), {
       env,
       workerData: {
@@ -149,8 +170,10 @@ class Environment {
     });
   }
 
-  async close(): Promise<void> {
-    this.discard(new FunctionError(this.fn.name, 'Runtime.ExitError', 'the local hub is shutting down'));
+  /** Ends the environment (an invocation in flight fails at once) and its worker thread. */
+  async close(reason: 'shutdown' | 'retired' = 'shutdown'): Promise<void> {
+    const message = reason === 'retired' ? 'the environment was retired' : 'the local hub is shutting down';
+    this.discard(new FunctionError(this.fn.name, 'Runtime.ExitError', message));
     await this.worker.terminate();
   }
 }
@@ -162,6 +185,7 @@ class Environment {
  * a burst of service calls slows down instead of failing.)
  */
 class FunctionPool {
+  /** Idle environments, the least recently used first (the warmest is popped). */
   private readonly idle: Environment[] = [];
   private readonly busy = new Set<Environment>();
   private readonly waiting: { resolve(env: Environment): void; reject(error: Error): void }[] = [];
@@ -170,6 +194,7 @@ class FunctionPool {
     readonly fn: LocalFunction,
     private readonly limit: number,
     private readonly create: () => Environment,
+    private readonly clock: () => number,
   ) {}
 
   async invoke(event: unknown): Promise<unknown> {
@@ -197,6 +222,7 @@ class FunctionPool {
 
   private release(env: Environment): void {
     if (!this.busy.delete(env)) return;
+    env.lastUsed = this.clock();
     const next = this.waiting.shift();
     if (!next) {
       if (!env.dead) this.idle.push(env);
@@ -213,6 +239,35 @@ class FunctionPool {
     return this.idle.length + this.busy.size;
   }
 
+  /** How many environments wait idle. */
+  get idleCount(): number {
+    return this.idle.length;
+  }
+
+  /** When the least recently used idle environment was last used, or undefined when none is idle. */
+  get oldestIdle(): number | undefined {
+    return this.idle[0]?.lastUsed;
+  }
+
+  /** Ends the least recently used idle environment, if any; true when there was one. */
+  retireOldestIdle(): boolean {
+    const env = this.idle.shift();
+    if (!env) return false;
+    // Ending a thread does not fail; were it to, the hub must not die of an unhandled rejection.
+    env.close('retired').catch(() => {});
+    return true;
+  }
+
+  /** Ends the idle environments last used at or before `before`; returns how many. */
+  retireIdleSince(before: number): number {
+    let count = 0;
+    while ((this.idle[0]?.lastUsed ?? Number.POSITIVE_INFINITY) <= before) {
+      this.retireOldestIdle();
+      count++;
+    }
+    return count;
+  }
+
   async close(): Promise<void> {
     const error = new FunctionError(this.fn.name, 'Runtime.ExitError', 'the local hub is shutting down');
     for (const w of this.waiting.splice(0)) w.reject(error);
@@ -220,6 +275,31 @@ class FunctionPool {
     this.busy.clear();
     await Promise.all(all.map((e) => e.close()));
   }
+}
+
+/**
+ * The runner's environment limits from `HUB_LAMBDA_IDLE_MS` and `HUB_LAMBDA_MAX_ENVIRONMENTS`
+ * (unset: the defaults), so a user can trade memory against cold starts without a new template.
+ * A value that is not a positive whole number is refused, naming the variable.
+ */
+export function environmentLimitsFromEnv(
+  env: Readonly<Record<string, string | undefined>>,
+): Pick<LambdaRunnerOptions, 'idleTimeoutMs' | 'maxEnvironments'> {
+  const read = (name: string): number | undefined => {
+    const raw = env[name];
+    if (raw === undefined || raw === '') return undefined;
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < 1) {
+      throw new Error(`${name} must be a positive whole number, got '${raw}'`);
+    }
+    return value;
+  };
+  const idleTimeoutMs = read('HUB_LAMBDA_IDLE_MS');
+  const maxEnvironments = read('HUB_LAMBDA_MAX_ENVIRONMENTS');
+  return {
+    ...(idleTimeoutMs === undefined ? {} : { idleTimeoutMs }),
+    ...(maxEnvironments === undefined ? {} : { maxEnvironments }),
+  };
 }
 
 /** Options of {@link LambdaRunner}. */
@@ -256,6 +336,18 @@ export interface LambdaRunnerOptions {
    * @default n => n * 1000
    */
   readonly asyncRetryDelayMs?: (retry: number) => number;
+  /**
+   * An environment idle this long is retired (its worker thread ends); the next invocation starts
+   * a new one. @default {@link DEFAULT_IDLE_TIMEOUT_MS}
+   */
+  readonly idleTimeoutMs?: number;
+  /**
+   * Environments kept across all functions before idle ones are retired to make room (a soft cap,
+   * see {@link DEFAULT_MAX_ENVIRONMENTS}). @default {@link DEFAULT_MAX_ENVIRONMENTS}
+   */
+  readonly maxEnvironments?: number;
+  /** The clock idle retirement reads (tests move it by hand). @default Date.now */
+  readonly clock?: () => number;
 }
 
 /**
@@ -274,6 +366,11 @@ export class LambdaRunner {
   private readonly retryDelayMs: (retry: number) => number;
   private readonly inFlightAsync = new Set<Promise<void>>();
   private closed = false;
+  private readonly idleTimeoutMs: number;
+  private readonly maxEnvironments: number;
+  private readonly clock: () => number;
+  /** Looks for environments idle too long while any exist; unref'd, so it never keeps the hub up. */
+  private sweeper: NodeJS.Timeout | undefined;
 
   constructor(options: LambdaRunnerOptions) {
     this.log = options.log;
@@ -283,6 +380,15 @@ export class LambdaRunner {
     if (!Number.isInteger(defaultConcurrency) || defaultConcurrency < 1) {
       throw new Error(`defaultConcurrency must be a positive integer, got ${defaultConcurrency}`);
     }
+    this.idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+    if (!Number.isFinite(this.idleTimeoutMs) || this.idleTimeoutMs <= 0) {
+      throw new Error(`idleTimeoutMs must be a positive number of milliseconds, got ${this.idleTimeoutMs}`);
+    }
+    this.maxEnvironments = options.maxEnvironments ?? DEFAULT_MAX_ENVIRONMENTS;
+    if (!Number.isInteger(this.maxEnvironments) || this.maxEnvironments < 1) {
+      throw new Error(`maxEnvironments must be a positive integer, got ${this.maxEnvironments}`);
+    }
+    this.clock = options.clock ?? Date.now;
     for (const fn of options.functions) {
       if (fn.asyncInvoke?.onFailureQueueName !== undefined && !options.sendToQueue) {
         throw new Error(
@@ -299,10 +405,12 @@ export class LambdaRunner {
         ...(code.taskRoot === undefined ? {} : { LAMBDA_TASK_ROOT: code.taskRoot }),
       };
       const limit = fn.reservedConcurrency ?? defaultConcurrency;
-      this.pools.set(
-        fn.logicalId,
-        new FunctionPool(fn, limit, () => new Environment(fn, code, env, this.log)),
-      );
+      const create = () => {
+        this.makeRoom();
+        this.startSweeper();
+        return new Environment(fn, code, env, this.log, this.clock());
+      };
+      this.pools.set(fn.logicalId, new FunctionPool(fn, limit, create, this.clock));
     }
   }
 
@@ -343,6 +451,51 @@ export class LambdaRunner {
   /** How many environments a function has now (idle and busy). */
   environmentCount(logicalId: string): number {
     return this.pool(logicalId).size;
+  }
+
+  /** How many environments all functions have now (each is a worker thread). */
+  totalEnvironments(): number {
+    let total = 0;
+    for (const pool of this.pools.values()) total += pool.size;
+    return total;
+  }
+
+  /**
+   * Retires every environment idle for {@link LambdaRunnerOptions.idleTimeoutMs} or longer and
+   * returns how many. A timer calls it while environments exist; tests call it after moving the clock.
+   */
+  retireIdleEnvironments(): number {
+    const before = this.clock() - this.idleTimeoutMs;
+    let count = 0;
+    for (const pool of this.pools.values()) count += pool.retireIdleSince(before);
+    if (this.totalEnvironments() === 0) this.stopSweeper();
+    return count;
+  }
+
+  /** Before a new environment starts: at the cap, retire the least recently used idle ones (any function). */
+  private makeRoom(): void {
+    while (this.totalEnvironments() >= this.maxEnvironments) {
+      let oldest: FunctionPool | undefined;
+      for (const pool of this.pools.values()) {
+        const at = pool.oldestIdle;
+        if (at !== undefined && (oldest === undefined || at < (oldest.oldestIdle ?? at))) oldest = pool;
+      }
+      // Every environment is busy: the new one starts anyway (a soft cap never makes a caller wait).
+      if (!oldest?.retireOldestIdle()) return;
+    }
+  }
+
+  private startSweeper(): void {
+    if (this.sweeper) return;
+    // Often enough that an idle environment goes within about 1.25 × the idle timeout.
+    const every = Math.max(1000, Math.min(this.idleTimeoutMs / 4, 15_000));
+    this.sweeper = setInterval(() => this.retireIdleEnvironments(), every);
+    this.sweeper.unref();
+  }
+
+  private stopSweeper(): void {
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = undefined;
   }
 
   /**
@@ -443,6 +596,7 @@ export class LambdaRunner {
    */
   async close(): Promise<void> {
     this.closed = true;
+    this.stopSweeper();
     for (const timer of this.retryTimers) clearTimeout(timer);
     this.retryTimers.clear();
     await Promise.all([...this.pools.values()].map((p) => p.close()));

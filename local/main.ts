@@ -94,6 +94,9 @@ ${PORTS.map((p) => `  --${`${p.flag} N`.padEnd(20)}${p.help} (default ${p.port};
   -h, --help            this text
 
 Each port can also be set in the environment: HUB_MQTT_PORT, HUB_DATA_PLANE_PORT, ...
+Functions run in worker threads (about 60 MB each): an idle one ends after 60 s, and beyond 8 in all
+the least recently used idle one makes room; HUB_LAMBDA_IDLE_MS and HUB_LAMBDA_MAX_ENVIRONMENTS
+change that (memory against cold starts).
 `;
 
 /** Exit code of a start refused before anything ran (bad arguments, a port in use). */

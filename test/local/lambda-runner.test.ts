@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { PROJECT_ROOT } from '../../lib/hub-function.ts';
 import {
   DEFAULT_LOCAL_CONCURRENCY,
+  environmentLimitsFromEnv,
   FunctionError,
   LambdaRunner,
   type LambdaRunnerOptions,
@@ -327,6 +328,108 @@ describe('LambdaRunner', () => {
     const fresh = (await r.invoke('Slow', { sleepMs: 1500, tag: 'fresh' })) as SlowResult;
     expect(fresh.tag).toBe('fresh');
     await old;
+  });
+});
+
+// Each environment is a worker thread of ~60 MB: idle ones are retired, as Lambda reclaims them,
+// so the hub's memory goes back down after a burst (issue 17, item 9). The clock is the test's.
+describe('LambdaRunner idle environments', () => {
+  it('retires an environment idle for the idle timeout (its thread ends); the next invocation starts a new one', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runner-idle-'));
+    try {
+      let now = 1_000_000;
+      const r = runner([fn('Heart', 'heartbeat'), fn('Slow', 'slow')], [], {
+        idleTimeoutMs: 30_000,
+        clock: () => now,
+      });
+      const file = path.join(dir, 'beats');
+      expect(await r.invoke('Heart', { file })).toBe('beating');
+      const warm = (await r.invoke('Slow', { sleepMs: 0 })) as SlowResult;
+      await waitUntil(() => existsSync(file) && Number(readFileSync(file, 'utf8')) >= 3);
+      expect(r.totalEnvironments()).toBe(2);
+
+      now += 29_999;
+      expect(r.retireIdleEnvironments()).toBe(0);
+      expect(r.totalEnvironments()).toBe(2);
+
+      now += 1;
+      expect(r.retireIdleEnvironments()).toBe(2);
+      expect(r.environmentCount('Heart')).toBe(0);
+      expect(r.environmentCount('Slow')).toBe(0);
+      // The retired environment's thread is gone: its timer writes no more.
+      const stopped = readFileSync(file, 'utf8');
+      await new Promise((res) => setTimeout(res, 150));
+      expect(readFileSync(file, 'utf8')).toBe(stopped);
+
+      const cold = (await r.invoke('Slow', { sleepMs: 0 })) as SlowResult;
+      expect(cold.threadId).not.toBe(warm.threadId);
+      expect(cold.invocations).toBe(1);
+      expect(r.environmentCount('Slow')).toBe(1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('never retires a busy environment; its idle time counts from the end of its invocation', async () => {
+    let now = 0;
+    const r = runner([fn('Slow', 'slow', { timeoutSeconds: 5 })], [], {
+      idleTimeoutMs: 1000,
+      clock: () => now,
+    });
+    const running = r.invoke('Slow', { sleepMs: 300, tag: 'long' });
+    // The invocation has its environment at once; the clock passes the timeout while it runs.
+    expect(r.environmentCount('Slow')).toBe(1);
+    now += 5000;
+    expect(r.retireIdleEnvironments()).toBe(0);
+    expect(((await running) as SlowResult).tag).toBe('long');
+    expect(r.retireIdleEnvironments()).toBe(0);
+    expect(r.environmentCount('Slow')).toBe(1);
+    now += 1000;
+    expect(r.retireIdleEnvironments()).toBe(1);
+    expect(r.environmentCount('Slow')).toBe(0);
+  });
+
+  it('at maxEnvironments retires the least recently used idle environment of any function, and never makes a caller wait', async () => {
+    let now = 0;
+    const r = runner([fn('A', 'slow', { timeoutSeconds: 5 }), fn('B', 'echo-env'), fn('C', 'slow')], [], {
+      maxEnvironments: 2,
+      clock: () => now,
+    });
+    now = 1;
+    await r.invoke('A', { sleepMs: 0 });
+    now = 2;
+    await r.invoke('B', {});
+    expect(r.totalEnvironments()).toBe(2);
+    // A third environment: A's, the least recently used, makes room.
+    now = 3;
+    await r.invoke('C', { sleepMs: 0 });
+    expect([r.environmentCount('A'), r.environmentCount('B'), r.environmentCount('C')]).toEqual([0, 1, 1]);
+
+    // Three at once of A: the idle B and C go, and the third starts beyond the cap rather than wait.
+    now = 4;
+    const burst = (await Promise.all(
+      Array.from({ length: 3 }, (_, i) => r.invoke('A', { sleepMs: 100, tag: `a${i}` })),
+    )) as SlowResult[];
+    expect(burst.map((x) => x.tag)).toEqual(['a0', 'a1', 'a2']);
+    expect(new Set(burst.map((x) => x.threadId)).size).toBe(3);
+    expect([r.environmentCount('A'), r.environmentCount('B'), r.environmentCount('C')]).toEqual([3, 0, 0]);
+  });
+
+  it('takes its limits from HUB_LAMBDA_IDLE_MS and HUB_LAMBDA_MAX_ENVIRONMENTS, refusing a bad value by name', () => {
+    expect(environmentLimitsFromEnv({})).toEqual({});
+    expect(
+      environmentLimitsFromEnv({ HUB_LAMBDA_IDLE_MS: '5000', HUB_LAMBDA_MAX_ENVIRONMENTS: '3' }),
+    ).toEqual({
+      idleTimeoutMs: 5000,
+      maxEnvironments: 3,
+    });
+    expect(() => environmentLimitsFromEnv({ HUB_LAMBDA_IDLE_MS: '10s' })).toThrow(
+      "HUB_LAMBDA_IDLE_MS must be a positive whole number, got '10s'",
+    );
+    expect(() => environmentLimitsFromEnv({ HUB_LAMBDA_MAX_ENVIRONMENTS: '0' })).toThrow(
+      /HUB_LAMBDA_MAX_ENVIRONMENTS .* got '0'/,
+    );
+    expect(() => runner([], [], { idleTimeoutMs: -1 })).toThrow(/idleTimeoutMs must be a positive/);
   });
 });
 
