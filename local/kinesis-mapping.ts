@@ -75,7 +75,9 @@ export class KinesisMapping {
    */
   wake(): void {
     this.writes += 1;
-    const waiters = this.waiters;
+    // A copy: each waiter removes itself from this array, which would make the loop skip the next one
+    // (half of a multi-shard mapping's loops then slept through the wake).
+    const waiters = [...this.waiters];
     this.waiters = [];
     for (const w of waiters) w();
   }

@@ -455,6 +455,29 @@ describe('KinesisMapping', () => {
     await waitUntil(() => fake.batches.flat().includes('w1'));
   });
 
+  it('with two shards, a wake is seen by every shard loop (no loop clears the wake of another)', async () => {
+    const { stream, dir } = await newStream(2);
+    const fake = new FakeFunction();
+    // From the start of each shard, so no record can fall before a loop's first iterator.
+    const mapping = new KinesisMapping(mappingFor(stream, { startingPosition: 'TRIM_HORIZON' }), stream, {
+      kinesis,
+      checkpoints: new CheckpointStore(dir),
+      invoke: fake.invoke,
+      log: () => {},
+      sendToQueue: async () => {},
+      // Only wake() can end an idle wait within the test.
+      idleMs: 3_600_000,
+    });
+    running.push(mapping);
+    await mapping.start();
+    // Partition keys that hash to different shards: each record's loop must see the wake.
+    for (let i = 0; i < 20; i++) {
+      await put(stream, [`s${i}`], `device-${i}`);
+      mapping.wake();
+      await waitUntil(() => fake.batches.flat().includes(`s${i}`));
+    }
+  });
+
   it('with a batching window, gathers records written during the window into one batch', async () => {
     const { stream, dir } = await newStream();
     const fake = new FakeFunction();
