@@ -138,7 +138,10 @@ export class IotCoreBus {
     if (identity.policy) {
       const decision = identity.policy.authorize('iot:Publish', topic);
       if (!decision.allowed) {
-        throw new PublishRefusedError('policy', `device '${identity.deviceId}': ${decision.reason}`);
+        throw new PublishRefusedError(
+          'policy',
+          `device '${identity.deviceId}' may not publish on '${topic}': ${decision.reason}`,
+        );
       }
     } else {
       const denied = this.options.policy(identity, topic);

@@ -204,9 +204,7 @@ describe('bad input at the front door', () => {
 
   it('disconnects a device that publishes outside the topic scheme and logs why', async () => {
     await expectDisconnected('bad-1', 'foo/bar', 'x');
-    await hub.waitForLog(
-      /publish refused.*device 'bad-1' may publish only under 'devices\/bad-1\/'.*'foo\/bar'/,
-    );
+    await hub.waitForLog(/publish refused.*device 'bad-1'.*'foo\/bar'/);
   });
 
   it('disconnects a device that publishes with an empty device id in the topic', async () => {

@@ -88,11 +88,15 @@ describe('a will left by a killed hub (the crash loop of issue 17)', () => {
     } finally {
       await first.kill();
     }
-    // A long heartbeat on the second run: the device is deleted before the first will check.
-    const second = await startHubProcess({ dataDir, env: { HUB_BROKER_HEARTBEAT_MS: '2000' } });
+    // A long heartbeat on the second run: the device is deleted before the first will check (four
+    // heartbeats, 40 s; 8 s lost the race on a loaded machine, where the service API's first call is slow).
+    const second = await startHubProcess({ dataDir, env: { HUB_BROKER_HEARTBEAT_MS: '10000' } });
     try {
       expect((await service(second.endpoints, 'DELETE', '/devices/w2')).status).toBe(204);
-      await second.waitForLog(/stale will of 'w2'.*dropped: the device is not registered or not enabled/);
+      await second.waitForLog(
+        /stale will of 'w2'.*dropped: the device is not registered or not enabled/,
+        90_000,
+      );
       expect((await service(second.endpoints, 'GET', '/devices')).status).toBe(200);
     } finally {
       expect(await second.stop()).toBe(0);
