@@ -155,10 +155,7 @@ export class IotCoreBus {
       );
     }
     const retainedLimit = this.options.maxRetainedBytes ?? 131_072;
-    const retainAllowed = identity.policy
-      ? identity.policy.authorize('iot:RetainPublish', topic).allowed
-      : topic.startsWith(`devices/${identity.deviceId}/`);
-    if (message.retain && !retainAllowed) {
+    if (message.retain && !this.mayRetain(identity, topic)) {
       throw new PublishRefusedError(
         'retain',
         `device '${identity.deviceId}' sent a retained message on '${topic}'; its policy grants iot:RetainPublish on devices/${identity.deviceId}/* only`,
@@ -170,6 +167,13 @@ export class IotCoreBus {
         `device '${identity.deviceId}' sent a retained message of ${bytes} bytes on '${topic}'; IoT Core keeps retained messages up to ${retainedLimit} bytes`,
       );
     }
+  }
+
+  /** `iot:RetainPublish`: the connection's policy, else (no documents) its own `devices/{id}/` topics. */
+  private mayRetain(identity: Identity, topic: string): boolean {
+    return identity.policy
+      ? identity.policy.authorize('iot:RetainPublish', topic).allowed
+      : topic.startsWith(`devices/${identity.deviceId}/`);
   }
 
   /** The whole chain (see the module comment). Rejects when the message is not durable or is refused. */

@@ -41,7 +41,7 @@ import {
   pointerSk,
 } from '../core/c2d/keys.ts';
 import type { AckMode, C2dMessage, C2dState, FeedbackStatus } from '../core/c2d/message.ts';
-import type { FeedbackRow, LedgerStore } from '../core/c2d/store.ts';
+import type { FeedbackRow, LedgerStore, SettleLockedInput, SettleLockedResult } from '../core/c2d/store.ts';
 import { TransientError } from '../core/errors.ts';
 
 /** Name of the due index. */
@@ -257,15 +257,7 @@ export class DynamoDbLedgerStore implements LedgerStore {
     );
   }
 
-  async settleLocked(input: {
-    deviceId: string;
-    queueKey: string;
-    lockToken: string;
-    state: 'Completed' | 'Rejected';
-    now: number;
-    retainUntil: number;
-    quietAcks: readonly AckMode[];
-  }): Promise<{ ok: true; before: C2dMessage } | { ok: false; current: C2dMessage | undefined }> {
+  async settleLocked(input: SettleLockedInput): Promise<SettleLockedResult> {
     const acks = Object.fromEntries(input.quietAcks.map((ack, i) => [`:ack${i}`, ack]));
     try {
       const out = await this.#client.send(

@@ -5,8 +5,8 @@
  */
 import { LedgerEngine, type LedgerEngineOptions } from '../core/c2d/engine.ts';
 import { type DueRow, type DueSlot, devicePk, messageSk, parseDueRow } from '../core/c2d/keys.ts';
-import type { AckMode, C2dMessage } from '../core/c2d/message.ts';
-import type { FeedbackRow, LedgerStore } from '../core/c2d/store.ts';
+import type { C2dMessage } from '../core/c2d/message.ts';
+import type { FeedbackRow, LedgerStore, SettleLockedInput, SettleLockedResult } from '../core/c2d/store.ts';
 
 interface StoredMessage {
   message: C2dMessage;
@@ -62,15 +62,7 @@ export class MemoryLedgerStore implements LedgerStore {
     return true;
   }
 
-  async settleLocked(input: {
-    deviceId: string;
-    queueKey: string;
-    lockToken: string;
-    state: 'Completed' | 'Rejected';
-    now: number;
-    retainUntil: number;
-    quietAcks: readonly AckMode[];
-  }): Promise<{ ok: true; before: C2dMessage } | { ok: false; current: C2dMessage | undefined }> {
+  async settleLocked(input: SettleLockedInput): Promise<SettleLockedResult> {
     await tick();
     const device = this.#messages.get(input.deviceId);
     const stored = device?.get(input.queueKey);

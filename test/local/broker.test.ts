@@ -208,12 +208,12 @@ describe('subscribe/unsubscribe lifecycle events', () => {
   });
 });
 
-/** A raw TCP connection that speaks MQTT packets built by hand, for what mqtt.js refuses to send. */
-async function rawClient(clientId: string): Promise<{
+/** A raw TCP connection to the broker, collecting what it answers (bytes), before any CONNECT. */
+async function rawSocket(): Promise<{
   socket: net.Socket;
   received: () => Buffer;
+  clear: () => void;
   closed: Promise<void>;
-  write: (packet: Buffer) => void;
 }> {
   const socket = net.connect(broker.ports.mqtt, '127.0.0.1');
   let received = Buffer.alloc(0);
@@ -222,6 +222,24 @@ async function rawClient(clientId: string): Promise<{
   });
   const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
   await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+  return {
+    socket,
+    received: () => received,
+    clear: () => {
+      received = Buffer.alloc(0);
+    },
+    closed,
+  };
+}
+
+/** A raw connection that speaks MQTT packets built by hand, for what mqtt.js refuses to send. */
+async function rawClient(clientId: string): Promise<{
+  socket: net.Socket;
+  received: () => Buffer;
+  closed: Promise<void>;
+  write: (packet: Buffer) => void;
+}> {
+  const { socket, received, clear, closed } = await rawSocket();
   socket.write(
     generate({
       cmd: 'connect',
@@ -232,10 +250,10 @@ async function rawClient(clientId: string): Promise<{
       keepalive: 30,
     }),
   );
-  await until(() => received.length >= 4);
-  expect([...received.subarray(0, 4)]).toEqual([0x20, 0x02, 0x00, 0x00]);
-  received = Buffer.alloc(0);
-  return { socket, received: () => received, closed, write: (packet) => socket.write(packet) };
+  await until(() => received().length >= 4);
+  expect([...received().subarray(0, 4)]).toEqual([0x20, 0x02, 0x00, 0x00]);
+  clear();
+  return { socket, received, closed, write: (packet) => socket.write(packet) };
 }
 
 /** A QoS 1 PUBLISH whose topic is the given bytes, unvalidated. */
@@ -319,13 +337,7 @@ describe('what IoT Core refuses, the front door refuses (issue 17)', () => {
   });
 
   it('answers a CONNECT with protocol level 6 with CONNACK 1 and logs it', async () => {
-    const socket = net.connect(broker.ports.mqtt, '127.0.0.1');
-    let received = Buffer.alloc(0);
-    socket.on('data', (chunk: Buffer) => {
-      received = Buffer.concat([received, chunk]);
-    });
-    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-    await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+    const { socket, received, closed } = await rawSocket();
     // CONNECT, protocol name MQTT, level 6, clean session, keepalive 30, client id "v6"; sent in two
     // pieces, so the guard must wait for the level byte.
     const connect = Buffer.from([0x10, 14, 0, 4, 0x4d, 0x51, 0x54, 0x54, 6, 0x02, 0, 30, 0, 2, 0x76, 0x36]);
@@ -333,7 +345,7 @@ describe('what IoT Core refuses, the front door refuses (issue 17)', () => {
     await new Promise((r) => setTimeout(r, 20));
     socket.write(connect.subarray(5));
     await closed;
-    expect([...received]).toEqual([0x20, 0x02, 0x00, 0x01]);
+    expect([...received()]).toEqual([0x20, 0x02, 0x00, 0x01]);
     expect(lines.some((l) => /protocol level 6 is not MQTT 3\.1\.1 \(CONNACK 1\)/.test(l))).toBe(true);
   });
 });

@@ -130,6 +130,26 @@ async function startMapping(
   return mapping;
 }
 
+/** A mapping whose idle wait (an hour) the test outlives many times over: only wake() can end it. */
+async function startWakeOnlyMapping(
+  settings: LocalKinesisMapping,
+  stream: LocalStream,
+  fake: FakeFunction,
+  dir: string,
+): Promise<KinesisMapping> {
+  const mapping = new KinesisMapping(settings, stream, {
+    kinesis,
+    checkpoints: new CheckpointStore(dir),
+    invoke: fake.invoke,
+    log: () => {},
+    sendToQueue: async () => {},
+    idleMs: 3_600_000,
+  });
+  running.push(mapping);
+  await mapping.start();
+  return mapping;
+}
+
 async function waitUntil(done: () => boolean, timeoutMs = 5000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!done()) {
@@ -431,17 +451,7 @@ describe('KinesisMapping', () => {
   it('an idle shard is read as soon as wake() says the stream was written, not after the idle wait', async () => {
     const { stream, dir } = await newStream();
     const fake = new FakeFunction();
-    const mapping = new KinesisMapping(mappingFor(stream), stream, {
-      kinesis,
-      checkpoints: new CheckpointStore(dir),
-      invoke: fake.invoke,
-      log: () => {},
-      sendToQueue: async () => {},
-      // An idle wait the test outlives many times over: only wake() can end it.
-      idleMs: 3_600_000,
-    });
-    running.push(mapping);
-    await mapping.start();
+    const mapping = await startWakeOnlyMapping(mappingFor(stream), stream, fake, dir);
     await pause(200);
     await put(stream, ['w0']);
     await pause(200);
@@ -459,17 +469,12 @@ describe('KinesisMapping', () => {
     const { stream, dir } = await newStream(2);
     const fake = new FakeFunction();
     // From the start of each shard, so no record can fall before a loop's first iterator.
-    const mapping = new KinesisMapping(mappingFor(stream, { startingPosition: 'TRIM_HORIZON' }), stream, {
-      kinesis,
-      checkpoints: new CheckpointStore(dir),
-      invoke: fake.invoke,
-      log: () => {},
-      sendToQueue: async () => {},
-      // Only wake() can end an idle wait within the test.
-      idleMs: 3_600_000,
-    });
-    running.push(mapping);
-    await mapping.start();
+    const mapping = await startWakeOnlyMapping(
+      mappingFor(stream, { startingPosition: 'TRIM_HORIZON' }),
+      stream,
+      fake,
+      dir,
+    );
     // Partition keys that hash to different shards: each record's loop must see the wake.
     for (let i = 0; i < 20; i++) {
       await put(stream, [`s${i}`], `device-${i}`);

@@ -2,6 +2,22 @@ import type { FeedbackRecord } from './feedback.ts';
 import type { DueRow, DueSlot } from './keys.ts';
 import type { AckMode, C2dMessage } from './message.ts';
 
+/** What {@link LedgerStore.settleLocked} settles: a locked message, by its lock token. */
+export interface SettleLockedInput {
+  readonly deviceId: string;
+  readonly queueKey: string;
+  readonly lockToken: string;
+  readonly state: 'Completed' | 'Rejected';
+  readonly now: number;
+  readonly retainUntil: number;
+  readonly quietAcks: readonly AckMode[];
+}
+
+/** The message before the settlement, or, when the condition failed, as it is (`undefined`: absent). */
+export type SettleLockedResult =
+  | { ok: true; before: C2dMessage }
+  | { ok: false; current: C2dMessage | undefined };
+
 /**
  * Item-level storage under the ledger: single-item conditional reads and writes and key-range
  * queries, nothing more (no transactions, no scans), so DynamoDB, dynalite and memory all fit.
@@ -32,15 +48,7 @@ export interface LedgerStore {
    * (`ok: true`), or, when the condition failed, the message as it is (`undefined` if absent): the
    * old item DynamoDB returns with the failure, or a read where the store cannot return it.
    */
-  settleLocked(input: {
-    deviceId: string;
-    queueKey: string;
-    lockToken: string;
-    state: 'Completed' | 'Rejected';
-    now: number;
-    retainUntil: number;
-    quietAcks: readonly AckMode[];
-  }): Promise<{ ok: true; before: C2dMessage } | { ok: false; current: C2dMessage | undefined }>;
+  settleLocked(input: SettleLockedInput): Promise<SettleLockedResult>;
   /** Deletes a message if its stored version is still `expectedVersion`. */
   deleteMessage(deviceId: string, queueKey: string, expectedVersion: number): Promise<boolean>;
   /** The queue key the message id points to. */
