@@ -10,22 +10,31 @@ const LONG_LOCK_MS = 30_000;
 const LOCK_MS = 2_000;
 const MAX_DELIVERIES = 3;
 
-const templates = new Map<number, string>();
-/** The stack synthesized with test C2D settings, written once per lock timeout. */
-function c2dTemplate(lockTimeoutMs: number): string {
-  const cached = templates.get(lockTimeoutMs);
+// The crash-then-settle test needs its redeliveries to outlast a slow restart: a loaded machine can let
+// two 2 s locks lapse before the device's completions arrive, and a third would dead-letter the message.
+const CRASH_SETTLE_MAX_DELIVERIES = 10;
+
+const templates = new Map<string, string>();
+/** The stack synthesized with test C2D settings, written once per lock timeout and delivery limit. */
+function c2dTemplate(lockTimeoutMs: number, maxDeliveryCount = MAX_DELIVERIES): string {
+  const key = `${lockTimeoutMs}/${maxDeliveryCount}`;
+  const cached = templates.get(key);
   if (cached !== undefined) return cached;
   const file = testTemplate({
-    c2d: { lockTimeoutMs, sweepIntervalMs: 1_000, maxDeliveryCount: MAX_DELIVERIES, maxInFlight: 5 },
+    c2d: { lockTimeoutMs, sweepIntervalMs: 1_000, maxDeliveryCount, maxInFlight: 5 },
   });
-  templates.set(lockTimeoutMs, file);
+  templates.set(key, file);
   return file;
 }
 
-function startC2dHub(dataDir?: string, lockTimeoutMs = LOCK_MS): Promise<HubProcess> {
+function startC2dHub(
+  dataDir?: string,
+  lockTimeoutMs = LOCK_MS,
+  maxDeliveryCount = MAX_DELIVERIES,
+): Promise<HubProcess> {
   return startHubProcess({
     ...(dataDir ? { dataDir } : {}),
-    args: [`--template=${c2dTemplate(lockTimeoutMs)}`],
+    args: [`--template=${c2dTemplate(lockTimeoutMs, maxDeliveryCount)}`],
   });
 }
 
@@ -460,7 +469,7 @@ describe('cloud-to-device messages survive a crash of the local hub (SIGKILL)', 
 
   it('between delivery and settlement: redelivered after the restart and settled', async () => {
     const dataDir = tempDataDir();
-    let hub = await startC2dHub(dataDir);
+    let hub = await startC2dHub(dataDir, LOCK_MS, CRASH_SETTLE_MAX_DELIVERIES);
     const creds = await registerDevice(hub.endpoints, 'crash-settle');
     let device = await deviceOn(hub, creds);
     for (let i = 0; i < 5; i++) await sendOk(hub, 'crash-settle', { body: `d${i}`, messageId: `cd-${i}` });
@@ -468,7 +477,7 @@ describe('cloud-to-device messages survive a crash of the local hub (SIGKILL)', 
     await first.until(() => new Set(first.received.map((m) => m.messageId)).size === 5, 'all five delivered');
     await hub.kill();
     await device.end().catch(() => undefined);
-    hub = await startC2dHub(dataDir);
+    hub = await startC2dHub(dataDir, LOCK_MS, CRASH_SETTLE_MAX_DELIVERIES);
     device = await deviceOn(hub, creds);
     try {
       await device.completeAll(Array.from({ length: 5 }, (_, i) => `cd-${i}`));
